@@ -1,0 +1,373 @@
+"""DQN for Atari (Mnih et al. 2015) in one file: arguments, environment, network, replay buffer, training loop.
+
+Run it: python dqn_atari.py --env-id PongNoFrameskip-v4
+"""
+
+import datetime
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the networks, the exploration, the replay sampling and the envs"""
+    torch_deterministic: bool = True
+    """if toggled, cuDNN picks deterministic kernels"""
+    cuda: bool = True
+    """if toggled, train on a GPU when one is present"""
+    run_dir: str = "runs"
+    """each run writes its TensorBoard logs and its checkpoint to <run_dir>/<run_name>/"""
+    eval_checkpoint: str = ""
+    """if set, evaluate this checkpoint on the game it was trained on, then exit (no training)"""
+    env_id: str = "BreakoutNoFrameskip-v4"
+    """any Atari id gymnasium knows, e.g. PongNoFrameskip-v4 or ALE/Pong-v5 (sticky actions)"""
+    total_timesteps: int = 10_000_000
+    """agent steps to train for, summed over all envs (one step is 4 frames)"""
+    num_envs: int = 1
+    """envs stepped together in C++ threads; the replay ratio does not depend on it"""
+    learning_rate: float = 1e-4
+    """Adam's learning rate"""
+    buffer_size: int = 1_000_000
+    """replay memory, in transitions (about 7 KB each)"""
+    gamma: float = 0.99
+    """the discount factor"""
+    tau: float = 1.0
+    """target network update rate (1.0: copy the weights)"""
+    target_network_frequency: int = 1000
+    """agent steps between target network updates"""
+    batch_size: int = 32
+    """transitions per gradient step"""
+    start_e: float = 1.0
+    """epsilon at the start of training"""
+    end_e: float = 0.01
+    """epsilon after the exploration phase"""
+    exploration_fraction: float = 0.10
+    """fraction of total_timesteps over which epsilon falls from start_e to end_e"""
+    learning_starts: int = 80_000
+    """agent steps of experience collected before the first gradient step"""
+    train_frequency: int = 4
+    """agent steps between gradient steps"""
+    eval_episodes: int = 10
+    """full games played after training (0: no evaluation)"""
+    eval_epsilon: float = 0.05
+    """epsilon of the evaluation games"""
+
+
+def atari_spec(env_id):
+    """The registered spec of an Atari id, or a ValueError that says how to find a valid one."""
+    spec = gym.registry.get(env_id)  # `import ale_py` registered the Atari ids
+    if spec is None or spec.entry_point != "ale_py.env:AtariEnv":
+        raise ValueError(f"{env_id!r} is not an Atari env id (e.g. PongNoFrameskip-v4, ALE/Pong-v5); list them "
+                         'with: python -c "import ale_py, gymnasium; gymnasium.pprint_registry()"')
+    return spec
+
+
+def make_env(env_id, num_envs, max_episode_frames=None):
+    """ale-py's C++ vector env with the preprocessing of the DQN papers (no OpenCV, no Python wrappers)."""
+    game = atari_spec(env_id).kwargs  # the game, its sticky actions (v5: 0.25) and its action set
+    return ale_py.vector_env.AtariVectorEnv(
+        game=game["game"], num_envs=num_envs,
+        repeat_action_probability=game["repeat_action_probability"],
+        full_action_space=game["full_action_space"],
+        max_num_frames_per_episode=max_episode_frames or game["max_num_frames_per_episode"],  # 108,000: 30 min
+        noop_max=30,  # random start states: up to 30 no-ops at reset
+        use_fire_reset=True,  # games that wait for FIRE (Breakout) start at once
+        frameskip=4, maxpool=True,  # act every 4th frame, whatever the id says; max over the last two: sprites flicker
+        img_height=84, img_width=84, grayscale=True, stack_num=4,  # 4 frames show motion; zeros before the first
+        reward_clipping=False,  # keep the game's score for logging; the TD target clips
+        episodic_life=False,  # ale-py's episodic life resets the game: we mark life losses in the loop instead
+    )
+
+
+class QNetwork(nn.Module):
+    """The Nature-DQN CNN: a stack of 4 84x84 frames in, one Q-value per action out."""
+
+    def __init__(self, num_actions):
+        super().__init__()
+        self.network = nn.Sequential(
+            nn.Conv2d(4, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 512), nn.ReLU(),
+            nn.Linear(512, num_actions),
+        )
+
+    def forward(self, x):
+        return self.network(x.float() / 255.0)  # uint8 in: frames stay 1 byte per pixel until here
+
+
+class Batch(NamedTuple):
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_obs: np.ndarray
+    dones: np.ndarray  # 1.0 where the TD target must not bootstrap (a lost life or game over; not truncation)
+
+
+class ReplayBuffer:
+    """Uniform replay that stores each frame once: ~7 KB per transition instead of 28 KB (obs + next_obs).
+
+    Each env writes frames into a ring of its own. A transition that starts at slot j reads obs from frames
+    j-3..j and next_obs from j-2..j+1, so a step costs one new frame. The first stack of an episode is written
+    whole (zero padding and all), so no stack reaches into the episode before, and a truncated episode keeps
+    its true final frame.
+    """
+
+    def __init__(self, capacity, num_envs, frame_shape=(84, 84), stack=4, seed=None):
+        self.slots, self.stack = capacity // num_envs, stack  # per env: envs add in lockstep
+        if self.slots <= stack:
+            raise ValueError(f"buffer capacity {capacity} is too small for {num_envs} envs")
+        self.frames = np.zeros((num_envs, self.slots, *frame_shape), np.uint8)
+        self.actions = np.zeros((num_envs, self.slots), np.int64)
+        self.rewards = np.zeros((num_envs, self.slots), np.float32)
+        self.dones = np.zeros((num_envs, self.slots), np.bool_)
+        self.valid = np.zeros((num_envs, self.slots), np.bool_)  # slot starts a transition whose frames are all here
+        self.written = np.zeros(num_envs, np.int64)  # frames written per env, ever
+        self.rng = np.random.default_rng(seed)
+
+    def _write(self, env, frame):
+        slot = self.written[env] % self.slots
+        self.frames[env, slot] = frame
+        # The transitions that read this slot's old frame are gone: the one starting here, and (the slots in
+        # between were cleared by the writes before this one) the one starting stack-1 slots ahead.
+        self.valid[env, slot] = self.valid[env, (slot + self.stack - 1) % self.slots] = False
+        self.written[env] += 1
+
+    def add(self, obs, next_obs, actions, rewards, terminations, truncations):
+        """Adds one step of every env. Truncations are not stored: a truncated step bootstraps like any other."""
+        # NEXT_STEP autoreset spends the step after a game over on the reset (action ignored, reward 0). Its
+        # next_obs is a fresh stack, not obs moved on by one frame: it is no transition, and is skipped.
+        moves_on = (next_obs[:, :-1] == obs[:, 1:]).all(axis=(1, 2, 3))
+        for env in np.flatnonzero(moves_on):
+            last_frames = (self.written[env] - np.arange(self.stack, 0, -1)) % self.slots
+            if self.written[env] < self.stack or not np.array_equal(self.frames[env, last_frames], obs[env]):
+                for frame in obs[env]:  # a new episode: its first stack is not yet in the ring
+                    self._write(env, frame)
+            slot = (self.written[env] - 1) % self.slots  # holds the newest frame of obs
+            self._write(env, next_obs[env, -1])
+            self.actions[env, slot], self.rewards[env, slot] = actions[env], rewards[env]
+            self.dones[env, slot], self.valid[env, slot] = terminations[env], True
+
+    def sample(self, batch_size):
+        if not self.valid.any():
+            raise ValueError("the replay buffer holds no transition yet")
+        num_envs, used = len(self.frames), min(self.written.max(), self.slots)
+        envs, slots = np.empty(0, np.int64), np.empty(0, np.int64)
+        while len(envs) < batch_size:  # draw slots, keep the valid ones: uniform over the stored transitions
+            e, j = self.rng.integers(num_envs, size=batch_size), self.rng.integers(used, size=batch_size)
+            keep = self.valid[e, j]
+            envs, slots = np.concatenate([envs, e[keep]]), np.concatenate([slots, j[keep]])
+        envs, slots = envs[:batch_size], slots[:batch_size]
+        window = (slots[:, None] + np.arange(1 - self.stack, 2)) % self.slots  # frames j-3 .. j+1
+        frames = self.frames[envs[:, None], window]
+        return Batch(frames[:, :-1], self.actions[envs, slots], self.rewards[envs, slots], frames[:, 1:],
+                     self.dones[envs, slots].astype(np.float32))
+
+
+def linear_schedule(start_e, end_e, duration, t):
+    """Epsilon falls linearly from start_e to end_e over duration steps, then stays at end_e."""
+    return max(start_e + (end_e - start_e) * t / duration, end_e)
+
+
+def epsilon_greedy(q_network, obs, epsilon, num_actions, rng, device):
+    """One batched forward pass picks the greedy action of every env; each env explores with probability epsilon."""
+    actions = rng.integers(num_actions, size=len(obs))
+    greedy = rng.random(len(obs)) >= epsilon
+    if greedy.any():  # skipped while epsilon is 1: nothing to compute
+        with torch.no_grad():
+            q_values = q_network(torch.from_numpy(obs).to(device))
+        actions[greedy] = q_values.argmax(dim=1).cpu().numpy()[greedy]
+    return actions
+
+
+def td_loss(q_network, target_network, batch, gamma):
+    """Huber loss between Q(s, a) and r + gamma * max_a' Q_target(s', a'), not bootstrapped past a terminal."""
+    with torch.no_grad():
+        next_q = target_network(batch.next_obs).max(dim=1).values
+        td_target = batch.rewards + gamma * next_q * (1.0 - batch.dones)
+    q_values = q_network(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+    # Huber is the Nature paper's error clipping: TD errors beyond 1 get a gradient of 1, not of their size.
+    return F.smooth_l1_loss(q_values, td_target), q_values
+
+
+def evaluate(q_network, env_id, episodes, epsilon, device, seed):
+    """Plays `episodes` full games on fresh envs, one game per env so that long games are not undercounted."""
+    envs, rng = make_env(env_id, episodes), np.random.default_rng(seed)
+    obs, _ = envs.reset(seed=seed)
+    scores, over = np.zeros(envs.num_envs), np.zeros(envs.num_envs, np.bool_)
+    while not over.all():
+        actions = epsilon_greedy(q_network, obs, epsilon, envs.single_action_space.n, rng, device)
+        obs, rewards, terminations, truncations, _ = envs.step(actions)
+        scores += np.where(over, 0, rewards)
+        over |= terminations | truncations
+    print(f"eval: {scores.mean():.2f} +- {scores.std():.2f} over {episodes} games of {env_id}")
+    return scores
+
+
+def pick_device(args):
+    if args.cuda and not torch.cuda.is_available():
+        print("no GPU found: running on the CPU")
+    return torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+
+def train(args, envs=None):
+    """Trains DQN on make_env's envs, or on `envs` (a test's synthetic game); returns the network and the buffer."""
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = pick_device(args)
+    run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_path = os.path.join(args.run_dir, run_name)
+    writer = SummaryWriter(run_path)
+    table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+
+    if envs is None:
+        envs = make_env(args.env_id, args.num_envs)
+    num_envs, num_actions = envs.num_envs, envs.single_action_space.n
+    q_network = QNetwork(num_actions).to(device)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate)
+    target_network = QNetwork(num_actions).to(device)
+    target_network.load_state_dict(q_network.state_dict())
+    rb = ReplayBuffer(args.buffer_size, num_envs, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+
+    # The loop's state: the stacks in front of the agent, the lives left (a lost life ends the TD backup), the
+    # envs whose next step only resets them, and the running score and length of each game.
+    obs, infos = envs.reset(seed=args.seed)
+    lives, resetting = infos["lives"], np.zeros(num_envs, np.bool_)
+    episode_return, episode_length = np.zeros(num_envs), np.zeros(num_envs, np.int64)
+    recent_returns = deque(maxlen=20)
+    global_step, updates, exploration_steps = 0, 0, args.exploration_fraction * args.total_timesteps
+    last_print, last_print_step = time.time(), 0
+    print(f"run {run_name}: logs and checkpoint in {run_path}")
+    try:
+        while global_step < args.total_timesteps:
+            epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
+            actions = epsilon_greedy(q_network, obs, epsilon, num_actions, rng, device)
+            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+
+            game_over = terminations | truncations
+            episode_return += rewards  # the raw score, all lives: the number papers report
+            episode_length += ~resetting
+            for env in np.flatnonzero(game_over):
+                recent_returns.append(episode_return[env])
+                writer.add_scalar("charts/episodic_return", episode_return[env], global_step)
+                writer.add_scalar("charts/episodic_length", episode_length[env], global_step)
+            episode_return[game_over], episode_length[game_over] = 0, 0
+
+            life_lost = infos["lives"] < lives  # the game goes on, but the value of the lost life is 0
+            rb.add(obs, next_obs, actions, np.clip(rewards, -1, 1), terminations | life_lost, truncations)
+            obs, lives, resetting = next_obs, infos["lives"], game_over
+
+            steps_before, global_step = global_step, global_step + num_envs
+            if global_step > args.learning_starts:
+                # one gradient step per train_frequency agent steps, however many envs made them
+                for _ in range(global_step // args.train_frequency - steps_before // args.train_frequency):
+                    batch = Batch(*(torch.as_tensor(x, device=device) for x in rb.sample(args.batch_size)))
+                    loss, q_values = td_loss(q_network, target_network, batch, args.gamma)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    updates += 1
+                    if updates % 25 == 0:
+                        writer.add_scalar("losses/td_loss", loss.item(), global_step)
+                        writer.add_scalar("losses/q_values", q_values.mean().item(), global_step)
+                if global_step // args.target_network_frequency > steps_before // args.target_network_frequency:
+                    for target_param, param in zip(target_network.parameters(), q_network.parameters()):
+                        target_param.data.copy_(args.tau * param.data + (1.0 - args.tau) * target_param.data)
+
+            if time.time() - last_print >= 10:
+                sps = (global_step - last_print_step) / (time.time() - last_print)
+                left = datetime.timedelta(seconds=int((args.total_timesteps - global_step) / sps))
+                mean_return = np.mean(recent_returns or [np.nan])
+                print(f"step {global_step:,}/{args.total_timesteps:,}  {sps:,.0f} steps/s  epsilon {epsilon:.3f}  "
+                      f"return {mean_return:.1f} (last {len(recent_returns)} games)  {left} left", flush=True)
+                writer.add_scalar("charts/SPS", sps, global_step)
+                writer.add_scalar("charts/epsilon", epsilon, global_step)
+                last_print, last_print_step = time.time(), global_step
+    finally:  # on Ctrl-C too: the checkpoint and the logs are what a run promises
+        checkpoint = os.path.join(run_path, "checkpoint.pt")
+        torch.save({"model": q_network.state_dict(), "args": asdict(args), "global_step": global_step}, checkpoint)
+        writer.flush()
+        print(f"step {global_step:,}: checkpoint saved to {checkpoint}")
+
+    if args.eval_episodes:
+        scores = evaluate(q_network, args.env_id, args.eval_episodes, args.eval_epsilon, device, args.seed + num_envs)
+        for i, score in enumerate(scores):
+            writer.add_scalar("eval/episodic_return", score, i)
+    writer.close()
+    return q_network, rb
+
+
+def load_checkpoint(path):
+    """The Q-network and env id saved by train, or a ValueError."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        env_id = checkpoint["args"]["env_id"]
+        q_network = QNetwork(make_env(env_id, 1).single_action_space.n)
+        q_network.load_state_dict(checkpoint["model"])
+    except Exception as error:  # whatever the file holds, the user needs one line, not a traceback
+        raise ValueError(f"{path} is not a checkpoint written by this script ({type(error).__name__})") from None
+    return q_network, env_id
+
+
+def check_args(args):
+    """Raises a ValueError naming the first argument that would make a wrong or failing run."""
+    atari_spec(args.env_id)
+    positive = ["total_timesteps", "num_envs", "buffer_size", "batch_size", "learning_rate", "train_frequency",
+                "target_network_frequency"]
+    checks = [(getattr(args, name) > 0, f"{name} must be positive") for name in positive] + [
+        (args.batch_size <= args.buffer_size, "batch_size must not exceed buffer_size"),
+        (args.buffer_size >= 5 * args.num_envs, "buffer_size must hold at least 5 transitions per env"),
+        (args.learning_starts >= args.batch_size, "learning_starts must be at least batch_size"),
+        (args.learning_starts < args.total_timesteps, "learning_starts must be below total_timesteps"),
+        (0 <= args.gamma <= 1, "gamma must be in [0, 1]"),
+        (0 < args.tau <= 1, "tau must be in (0, 1]"),
+        (0 < args.exploration_fraction <= 1, "exploration_fraction must be in (0, 1]"),
+        (0 <= args.end_e <= args.start_e <= 1, "need 0 <= end_e <= start_e <= 1"),
+        (0 <= args.eval_epsilon <= 1, "eval_epsilon must be in [0, 1]"),
+        (args.eval_episodes >= 0, "eval_episodes must not be negative"),
+        (args.eval_episodes > 0 or not args.eval_checkpoint, "eval_checkpoint needs eval_episodes > 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def main():
+    args = tyro.cli(Args)
+    try:
+        check_args(args)
+        checkpoint = load_checkpoint(args.eval_checkpoint) if args.eval_checkpoint else None
+    except ValueError as error:
+        print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        if checkpoint is None:
+            train(args)
+        else:
+            (q_network, env_id), device = checkpoint, pick_device(args)
+            evaluate(q_network.to(device), env_id, args.eval_episodes, args.eval_epsilon, device, args.seed)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

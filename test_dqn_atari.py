@@ -1,0 +1,533 @@
+"""Tests for dqn_atari.py. Each compares against an independent reference: a naive buffer that stores whole
+stacks, a hand-computed TD target, ale-py configured another way, or a synthetic game whose answer is known."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from ale_py.vector_env import AtariVectorEnv
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import dqn_atari
+from dqn_atari import Args, QNetwork, ReplayBuffer
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dqn_atari.py")
+
+
+# ---------------------------------------------------------------- references and a synthetic game
+
+
+class Catch:
+    """Catch with ale-py's vector-env interface: a ball falls down a 5x5 grid drawn as 84x84 frames, the paddle
+    (0 left, 1 stay, 2 right) must be under it when it reaches the bottom row. A catch scores `catch_reward`; a
+    miss scores `miss_reward` and costs a life, and a new ball falls at once. The game ends when the lives run
+    out (terminated) or after `max_steps` steps (truncated). Stacks of 4 frames, zeros before the first, and
+    NEXT_STEP autoreset, as in ale-py. Frames show the lives and the last outcome, so a test can decode them.
+
+    It records what a learner should see: every real transition (not the reset steps), and each game's score
+    and length."""
+
+    SIZE, CELL = 5, 16
+
+    def __init__(self, num_envs, lives=1, catch_reward=1, miss_reward=-1, max_steps=12):
+        self.num_envs, self.start_lives, self.max_steps = num_envs, lives, max_steps
+        self.catch_reward, self.miss_reward = catch_reward, miss_reward
+        self.single_action_space = gym.spaces.Discrete(3)
+        self.stacks = np.zeros((num_envs, 4, 84, 84), np.uint8)
+        self.lives, self.ball_row, self.ball_col, self.paddle, self.outcome, self.t = (
+            np.zeros(num_envs, np.int64) for _ in range(6)
+        )
+        self.score = np.zeros(num_envs)
+        self.needs_reset = np.zeros(num_envs, bool)
+        self.transitions, self.scores, self.lengths = [], [], []
+
+    def _frame(self, e):
+        frame, c = np.zeros((84, 84), np.uint8), self.CELL
+        frame[self.ball_row[e] * c : (self.ball_row[e] + 1) * c, self.ball_col[e] * c : (self.ball_col[e] + 1) * c] = 255
+        frame[(self.SIZE - 1) * c :, self.paddle[e] * c : (self.paddle[e] + 1) * c] = 128
+        frame[0:4, 80:] = 20 * self.lives[e]
+        frame[4:8, 80:] = 100 * self.outcome[e]  # 1: caught, 2: missed
+        return frame
+
+    def _new_game(self, e):
+        self.lives[e], self.t[e], self.score[e], self.outcome[e] = self.start_lives, 0, 0, 0
+        self.paddle[e], self.ball_row[e], self.ball_col[e] = self.SIZE // 2, 0, self.rng.integers(self.SIZE)
+        self.stacks[e] = 0
+        self.stacks[e, -1] = self._frame(e)
+
+    def reset(self, seed=None):
+        self.rng = np.random.default_rng(seed)
+        for e in range(self.num_envs):
+            self._new_game(e)
+        self.needs_reset[:] = False
+        return self.stacks.copy(), {"lives": self.lives.copy()}
+
+    def step(self, actions):
+        n = self.num_envs
+        rewards, term, trunc = np.zeros(n, np.int32), np.zeros(n, bool), np.zeros(n, bool)
+        for e in range(n):
+            if self.needs_reset[e]:  # NEXT_STEP autoreset: this step only resets
+                self._new_game(e)
+                self.needs_reset[e] = False
+                continue
+            obs, lives = self.stacks[e].copy(), self.lives[e]
+            self.paddle[e] = np.clip(self.paddle[e] + actions[e] - 1, 0, self.SIZE - 1)
+            self.ball_row[e] += 1
+            self.outcome[e] = 0
+            if self.ball_row[e] == self.SIZE - 1:
+                caught = self.paddle[e] == self.ball_col[e]
+                rewards[e] = self.catch_reward if caught else self.miss_reward
+                self.lives[e] -= not caught
+                self.outcome[e] = 1 if caught else 2
+                self.ball_row[e], self.ball_col[e] = 0, self.rng.integers(self.SIZE)
+            self.t[e] += 1
+            self.score[e] += rewards[e]
+            term[e] = self.lives[e] == 0
+            trunc[e] = not term[e] and self.t[e] >= self.max_steps
+            self.stacks[e] = np.roll(self.stacks[e], -1, axis=0)
+            self.stacks[e, -1] = self._frame(e)
+            life_lost = bool(self.lives[e] < lives)
+            self.transitions.append((obs, int(actions[e]), int(rewards[e]), self.stacks[e].copy(), life_lost, bool(trunc[e])))
+            if term[e] or trunc[e]:
+                self.needs_reset[e] = True
+                self.scores.append(self.score[e])
+                self.lengths.append(self.t[e])
+        return self.stacks.copy(), rewards, term, trunc, {"lives": self.lives.copy()}
+
+
+def key(obs, action, reward, next_obs, done):
+    return obs.tobytes(), int(action), float(reward), next_obs.tobytes(), bool(done)
+
+
+def sampled_keys(rb, draws, batch_size=256):
+    keys = []
+    for _ in range(draws):
+        b = rb.sample(batch_size)
+        keys += [key(*row) for row in zip(b.obs, b.actions, b.rewards, b.next_obs, b.dones)]
+    return keys
+
+
+def random_stream(num_envs, steps, seed, shape=(84, 84)):
+    """Rows as a NEXT_STEP vector env would give them, with random frames: (obs, next_obs, actions, rewards,
+    terminations, truncations, is_reset_step). Episodes end by termination or truncation; lives are lost
+    mid-episode (terminal for the TD target, the stack goes on); short episodes and the reset steps included."""
+    rng = np.random.default_rng(seed)
+
+    def fresh_stack():
+        stack = np.zeros((num_envs, 4, *shape), np.uint8)
+        stack[:, -1] = rng.integers(1, 256, (num_envs, *shape))
+        return stack
+
+    obs, resetting = fresh_stack(), np.zeros(num_envs, bool)
+    for _ in range(steps):
+        next_obs = np.concatenate([obs[:, 1:], rng.integers(0, 256, (num_envs, 1, *shape), dtype=np.uint8)], 1)
+        reset = fresh_stack()
+        next_obs[resetting] = reset[resetting]
+        u = rng.random(num_envs)
+        game_over, truncated = (u < 0.04) & ~resetting, (u > 0.97) & ~resetting
+        life_lost = (rng.random(num_envs) < 0.05) & ~resetting
+        actions = rng.integers(0, 18, num_envs)
+        rewards = np.where(resetting, 0, rng.integers(-1, 2, num_envs)).astype(np.float32)
+        yield obs, next_obs, actions, rewards, game_over | life_lost, truncated & ~game_over, resetting.copy()
+        obs, resetting = next_obs, game_over | (truncated & ~game_over)
+
+
+def run_script(*argv, timeout=300):
+    return subprocess.run([sys.executable, SCRIPT, *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def scalars(run_dir):
+    (events,) = glob.glob(os.path.join(run_dir, "*", "events.out.tfevents.*"))
+    acc = EventAccumulator(events)
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+# ---------------------------------------------------------------- replay buffer
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_buffer_samples_exactly_the_last_transitions_of_random_streams(num_envs):
+    capacity = 300 * num_envs
+    rb = ReplayBuffer(capacity, num_envs, seed=0)
+    added = []  # the naive reference: whole transitions, in the order added
+    for obs, next_obs, actions, rewards, terms, truncs, reset_step in random_stream(num_envs, 1500, seed=num_envs):
+        rb.add(obs, next_obs, actions, rewards, terms, truncs)
+        added += [key(obs[e], actions[e], rewards[e], next_obs[e], terms[e]) for e in range(num_envs) if not reset_step[e]]
+    assert len(added) > 4 * capacity  # the ring wrapped around several times
+    sampled = sampled_keys(rb, draws=60)
+    assert set(sampled) <= set(added[-capacity:])  # byte for byte, nothing older, no reset step
+    assert set(added[-capacity // 2 :]) <= set(sampled)  # and nothing recent is lost
+
+
+def test_buffer_matches_naive_reference_on_real_breakout_stream():
+    """Three Breakout games with random play: life losses, game overs, truncations at a 600-frame cap."""
+    num_envs, capacity = 3, 900
+    envs = dqn_atari.make_env("BreakoutNoFrameskip-v4", num_envs, max_episode_frames=600)
+    rb = ReplayBuffer(capacity, num_envs, seed=0)
+    rng = np.random.default_rng(0)
+    obs, infos = envs.reset(seed=0)
+    lives, resetting = infos["lives"], np.zeros(num_envs, bool)
+    added, counts = [], dict(game_over=0, truncated=0, life_lost=0)
+    for _ in range(1200):
+        actions = rng.integers(0, 4, num_envs)
+        next_obs, rewards, terms, truncs, infos = envs.step(actions)
+        life_lost = infos["lives"] < lives
+        dones = terms | life_lost
+        rb.add(obs, next_obs, actions, np.clip(rewards, -1, 1), dones, truncs)
+        for e in np.flatnonzero(~resetting):
+            added.append(key(obs[e], actions[e], np.clip(rewards[e], -1, 1), next_obs[e], dones[e]))
+        counts["game_over"] += terms.sum()
+        counts["truncated"] += truncs.sum()
+        counts["life_lost"] += life_lost.sum()
+        obs, lives, resetting = next_obs, infos["lives"], terms | truncs
+    assert min(counts.values()) > 0, counts
+    sampled = sampled_keys(rb, draws=40)
+    assert set(sampled) <= set(added[-capacity:])
+    assert set(added[-capacity // 2 :]) <= set(sampled)
+
+
+def test_buffer_keeps_final_frame_of_truncated_episode():
+    rb = ReplayBuffer(50, 1, frame_shape=(2, 2), seed=0)
+    frames = [np.full((2, 2), v, np.uint8) for v in range(1, 10)]
+    zero = np.zeros((2, 2), np.uint8)
+    stack = lambda *f: np.stack(f)[None]  # noqa: E731
+    s0 = stack(zero, zero, zero, frames[0])
+    s1 = stack(zero, zero, frames[0], frames[1])  # truncated here: s1 is the true final stack
+    r0 = stack(zero, zero, zero, frames[5])  # the reset stack
+    r1 = stack(zero, zero, frames[5], frames[6])
+    no, yes = np.array([False]), np.array([True])
+    rb.add(s0, s1, np.array([2]), np.array([1.0]), no, yes)
+    rb.add(s1, r0, np.array([0]), np.array([0.0]), no, no)  # the reset step
+    rb.add(r0, r1, np.array([1]), np.array([-1.0]), no, no)
+    batch = rb.sample(200)
+    truncated = batch.actions == 2
+    assert truncated.any() and (batch.actions != 0).all()  # the reset step is never sampled
+    assert (batch.next_obs[truncated] == s1[0]).all() and (batch.dones[truncated] == 0).all()
+    assert (batch.obs[~truncated] == r0[0]).all() and (batch.next_obs[~truncated] == r1[0]).all()
+
+
+def test_buffer_takes_streams_without_reset_steps_too():
+    """A caller that drops the reset steps itself gets the same transitions."""
+    rb = ReplayBuffer(600, 2, seed=0)
+    added = []
+    for obs, next_obs, actions, rewards, terms, truncs, reset_step in random_stream(2, 400, seed=7):
+        keep = ~reset_step
+        if keep.all():
+            rb.add(obs, next_obs, actions, rewards, terms, truncs)
+            added += [key(obs[e], actions[e], rewards[e], next_obs[e], terms[e]) for e in range(2)]
+    sampled = sampled_keys(rb, draws=20)
+    assert set(sampled) <= set(added[-600:])
+    assert set(added[-200:]) <= set(sampled)
+
+
+@pytest.mark.parametrize("capacity, num_envs", [(1_000_000, 1), (1_000_000, 8), (50_000, 1)])
+def test_buffer_bytes_per_transition(capacity, num_envs):
+    rb = ReplayBuffer(capacity, num_envs)  # np.zeros maps pages lazily: nothing is touched here
+    nbytes = sum(v.nbytes for v in vars(rb).values() if isinstance(v, np.ndarray))
+    naive = 2 * 4 * 84 * 84  # obs and next_obs stored whole
+    assert nbytes / capacity <= 7_100
+    assert naive / (nbytes / capacity) > 3.9
+
+
+def test_buffer_sampling_is_uniform():
+    rb = ReplayBuffer(40, 1, frame_shape=(1, 1), seed=0)
+    obs = np.zeros((1, 4, 1, 1), np.uint8)
+    for t in range(20):  # one episode of 20 steps: 20 transitions, told apart by their action
+        next_obs = np.concatenate([obs[:, 1:], np.full((1, 1, 1, 1), t + 1, np.uint8)], 1)
+        rb.add(obs, next_obs, np.array([t]), np.zeros(1), np.zeros(1, bool), np.zeros(1, bool))
+        obs = next_obs
+    counts = np.bincount(rb.sample(100_000).actions, minlength=20)
+    assert counts.min() > 0.9 * 5000 and counts.max() < 1.1 * 5000
+
+
+def test_buffer_rejects_a_capacity_too_small_for_its_envs():
+    with pytest.raises(ValueError):
+        ReplayBuffer(16, 4)
+
+
+# ---------------------------------------------------------------- environment
+
+
+def test_make_env_gives_stacks_of_four_84x84_frames_zero_padded_at_reset():
+    envs = dqn_atari.make_env("PongNoFrameskip-v4", 2)
+    obs, infos = envs.reset(seed=0)
+    assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
+    assert (obs[:, :3] == 0).all() and (obs[:, 3] > 0).any()
+    assert envs.single_action_space.n == 6  # Pong's minimal action set, from the spec
+    next_obs, *_ = envs.step(np.zeros(2, np.int64))
+    assert (next_obs[:, :3] == obs[:, 1:]).all()
+
+
+def test_make_env_takes_v5_ids_and_rejects_others():
+    envs = dqn_atari.make_env("ALE/Breakout-v5", 1)
+    assert envs.single_action_space.n == 4
+    for bad in ["Pongg-v4", "CartPole-v1", ""]:
+        with pytest.raises(ValueError, match="pprint_registry"):
+            dqn_atari.make_env(bad, 1)
+
+
+def test_fire_on_reset_starts_breakout():
+    """With NOOP only, Breakout's ball is never served unless FIRE was pressed at reset: lives go only then."""
+
+    def lives_after_noops(envs):
+        envs.reset(seed=0)
+        for _ in range(300):
+            _, _, _, _, infos = envs.step(np.zeros(1, np.int64))
+        return infos["lives"][0]
+
+    assert lives_after_noops(dqn_atari.make_env("BreakoutNoFrameskip-v4", 1)) < 5
+    assert lives_after_noops(AtariVectorEnv("breakout", 1, use_fire_reset=False)) == 5
+
+
+def test_life_loss_does_not_reset_the_game():
+    envs = dqn_atari.make_env("BreakoutNoFrameskip-v4", 1)
+    obs, infos = envs.reset(seed=0)
+    rng, lives, seen = np.random.default_rng(0), infos["lives"], 0
+    for _ in range(400):
+        next_obs, _, terms, truncs, infos = envs.step(rng.integers(0, 4, 1))
+        if infos["lives"][0] < lives[0] and infos["lives"][0] > 0:
+            assert not terms[0] and not truncs[0]
+            assert (next_obs[0, :3] == obs[0, 1:]).all()  # the same game goes on
+            seen += 1
+        obs, lives = next_obs, infos["lives"]
+    assert seen > 0
+
+
+def test_rewards_are_the_raw_game_score():
+    envs = dqn_atari.make_env("SpaceInvadersNoFrameskip-v4", 2)
+    envs.reset(seed=0)
+    rng, rewards = np.random.default_rng(0), set()
+    for _ in range(600):
+        _, r, *_ = envs.step(rng.integers(0, 6, 2))
+        rewards |= set(r.tolist())
+    assert max(rewards) >= 5  # an alien is worth 5 to 30 points: nothing clipped them
+
+
+def test_frame_cap_truncates():
+    envs = dqn_atari.make_env("PongNoFrameskip-v4", 1, max_episode_frames=400)
+    envs.reset(seed=0)
+    for step in range(200):
+        _, _, terms, truncs, _ = envs.step(np.zeros(1, np.int64))
+        if truncs[0]:
+            break
+    assert truncs[0] and not terms[0] and 90 < step < 110  # 400 frames at 4 frames a step
+
+
+# ---------------------------------------------------------------- network, TD target, schedule, acting
+
+
+def test_qnetwork_is_the_nature_cnn():
+    q_network = QNetwork(6)
+    assert sum(p.numel() for p in q_network.parameters()) == 1_687_206  # conv 32/64/64, fc 512, 6 outputs
+    x = torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8)
+    assert q_network(x).shape == (5, 6)
+
+
+def test_td_target_matches_hand_computation_for_terminal_and_truncated():
+    torch.manual_seed(0)
+    q_network, target_network = QNetwork(4), QNetwork(4)
+    rb = ReplayBuffer(100, 1, seed=0)
+    rng = np.random.default_rng(0)
+    s = [np.zeros((1, 4, 84, 84), np.uint8)]
+    for _ in range(4):
+        s.append(np.concatenate([s[-1][:, 1:], rng.integers(0, 256, (1, 1, 84, 84), dtype=np.uint8)], 1))
+    rb.add(s[0], s[1], np.array([1]), np.array([1.0]), np.array([True]), np.array([False]))  # terminal
+    rb.add(s[1], s[2], np.array([2]), np.array([-1.0]), np.array([False]), np.array([True]))  # truncated
+    rb.add(s[2], s[3], np.array([3]), np.array([0.0]), np.array([False]), np.array([False]))
+    batch = dqn_atari.Batch(*(torch.as_tensor(x) for x in rb.sample(64)))
+    loss, q_values = dqn_atari.td_loss(q_network, target_network, batch, gamma=0.9)
+
+    expected_targets, expected_q = [], []
+    with torch.no_grad():
+        for obs, action, next_obs in [(s[0], 1, s[1]), (s[1], 2, s[2]), (s[2], 3, s[3])]:
+            reward = {1: 1.0, 2: -1.0, 3: 0.0}[action]
+            bootstrap = 0.0 if action == 1 else 0.9 * target_network(torch.from_numpy(next_obs))[0].max().item()
+            expected_targets.append(reward + bootstrap)
+            expected_q.append(q_network(torch.from_numpy(obs))[0, action].item())
+    a = batch.actions.numpy() - 1
+    errors = np.array(expected_q)[a] - np.array(expected_targets)[a]
+    huber = np.where(np.abs(errors) < 1, 0.5 * errors**2, np.abs(errors) - 0.5).mean()
+    assert set(a.tolist()) == {0, 1, 2}
+    assert np.allclose(q_values.detach().numpy(), np.array(expected_q)[a], atol=1e-5)
+    assert loss.item() == pytest.approx(huber, rel=1e-4)
+
+
+def test_linear_schedule():
+    assert dqn_atari.linear_schedule(1.0, 0.1, 100, 0) == 1.0
+    assert dqn_atari.linear_schedule(1.0, 0.1, 100, 50) == pytest.approx(0.55)
+    assert dqn_atari.linear_schedule(1.0, 0.1, 100, 100) == pytest.approx(0.1)
+    assert dqn_atari.linear_schedule(1.0, 0.1, 100, 10_000) == pytest.approx(0.1)
+
+
+def test_epsilon_greedy_is_greedy_at_zero_and_uniform_at_one():
+    q_network = QNetwork(5)
+    obs = np.random.default_rng(0).integers(0, 256, (64, 4, 84, 84), dtype=np.uint8)
+    with torch.no_grad():
+        best = q_network(torch.from_numpy(obs)).argmax(1).numpy()
+    rng = np.random.default_rng(0)
+    assert (dqn_atari.epsilon_greedy(q_network, obs, 0.0, 5, rng, "cpu") == best).all()
+    counts = np.bincount(np.concatenate([dqn_atari.epsilon_greedy(q_network, obs, 1.0, 5, rng, "cpu") for _ in range(100)]))
+    assert len(counts) == 5 and counts.min() > 0.8 * 64 * 100 / 5
+
+
+def test_cuda_flag_falls_back_to_cpu_with_a_notice(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert dqn_atari.pick_device(Args(cuda=True)).type == "cpu"
+    assert "no GPU" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the training loop
+
+
+def catch_args(tmp_path, **overrides):
+    settings = dict(seed=1, total_timesteps=2000, learning_starts=200, buffer_size=5000, train_frequency=2,
+                    learning_rate=5e-4, target_network_frequency=100, exploration_fraction=0.4, end_e=0.05,
+                    eval_episodes=0, cuda=False, run_dir=str(tmp_path))
+    return Args(**{**settings, **overrides})
+
+
+def test_training_loop_learns_catch(tmp_path):
+    q_network, _ = dqn_atari.train(catch_args(tmp_path), Catch(1))
+    envs = Catch(25)  # fresh games: every start column, greedy play
+    obs, _ = envs.reset(seed=123)
+    over = np.zeros(25, bool)
+    while not over.all():
+        with torch.no_grad():
+            actions = q_network(torch.from_numpy(obs)).argmax(1).numpy()
+        obs, _, terms, truncs, _ = envs.step(actions)
+        over |= terms | truncs
+    assert envs.scores[:25] == [3.0] * 25  # three balls a game, every one caught: the optimum
+
+
+def test_training_loop_learning_signals(tmp_path):
+    """Clipped rewards and life losses for the TD target; raw whole-game scores in the logs; truncation
+    bootstraps; reset steps never stored."""
+    envs = Catch(2, lives=3, catch_reward=5, miss_reward=-3, max_steps=12)
+    args = catch_args(tmp_path, total_timesteps=1200, learning_starts=1000, buffer_size=1200, batch_size=8)
+    _, rb = dqn_atari.train(args, envs)
+
+    truth = {}
+    for obs, action, reward, next_obs, life_lost, truncated in envs.transitions:
+        truth[key(obs, action, np.sign(reward), next_obs, life_lost)] = (reward, truncated)
+    sampled = sampled_keys(rb, draws=20)
+    assert set(sampled) <= set(truth)  # every sampled (obs, action, clipped reward, next_obs, done) is true
+    kinds = {(truth[k][0], k[4], truth[k][1]) for k in sampled}
+    assert (-3, True, False) in kinds  # a miss: reward -1, terminal for the TD target
+    assert (5, False, False) in kinds  # a catch: reward +1
+    assert any(truncated and not done for _, done, truncated in kinds)  # truncated: bootstraps
+    assert max(envs.lives) <= 3 and any(s < -3 for s in envs.scores)  # games span several lives
+
+    logged = scalars(str(tmp_path))
+    assert logged["charts/episodic_return"] == envs.scores
+    assert logged["charts/episodic_length"] == envs.lengths
+
+
+@pytest.mark.parametrize("num_envs", [1, 3, 8])
+def test_replay_ratio_does_not_depend_on_num_envs(tmp_path, monkeypatch, num_envs):
+    calls = []
+    td_loss = dqn_atari.td_loss
+    monkeypatch.setattr(dqn_atari, "td_loss", lambda *a: calls.append(1) or td_loss(*a))
+    args = catch_args(tmp_path, total_timesteps=600, learning_starts=200, train_frequency=4, batch_size=4)
+    dqn_atari.train(args, Catch(num_envs))
+    assert abs(len(calls) - (600 - 200) / 4) <= 2
+
+
+def test_training_is_deterministic_on_cpu(tmp_path):
+    args = dict(env_id="PongNoFrameskip-v4", total_timesteps=500, learning_starts=300, buffer_size=1000,
+                train_frequency=1, eval_episodes=0, cuda=False, seed=3)
+    net_a, _ = dqn_atari.train(Args(**args, run_dir=str(tmp_path / "a")))
+    net_b, _ = dqn_atari.train(Args(**args, run_dir=str(tmp_path / "b")))
+    losses_a, losses_b = scalars(str(tmp_path / "a"))["losses/td_loss"], scalars(str(tmp_path / "b"))["losses/td_loss"]
+    assert len(losses_a) == 8 and losses_a == losses_b
+    for p, q in zip(net_a.parameters(), net_b.parameters()):
+        assert torch.equal(p, q)
+    net_c, _ = dqn_atari.train(Args(**{**args, "seed": 4}, run_dir=str(tmp_path / "c")))
+    assert scalars(str(tmp_path / "c"))["losses/td_loss"] != losses_a  # the check above can fail
+
+
+# ---------------------------------------------------------------- the script, end to end
+
+
+def test_end_to_end_pong_logs_saves_and_evaluates_from_checkpoint(tmp_path):
+    result = run_script("--env-id", "PongNoFrameskip-v4", "--total-timesteps", "2500", "--learning-starts", "1500",
+                        "--buffer-size", "5000", "--target-network-frequency", "500", "--eval-episodes", "2",
+                        "--run-dir", str(tmp_path), "--no-cuda")
+    assert result.returncode == 0, result.stderr
+    logged = scalars(str(tmp_path))
+    for tag in ["charts/episodic_return", "charts/episodic_length", "losses/td_loss", "losses/q_values",
+                "eval/episodic_return"]:
+        assert logged[tag], tag
+    assert all(-21 <= r <= 21 for r in logged["charts/episodic_return"])  # whole games of Pong, raw score
+    assert len(logged["eval/episodic_return"]) == 2 and "eval: " in result.stdout
+    (checkpoint,) = glob.glob(str(tmp_path / "*" / "checkpoint.pt"))
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["global_step"] == 2500 and saved["args"]["env_id"] == "PongNoFrameskip-v4"
+
+    result = run_script("--eval-checkpoint", checkpoint, "--eval-episodes", "2", "--eval-epsilon", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert "over 2 games of PongNoFrameskip-v4" in result.stdout
+
+
+def test_ctrl_c_saves_checkpoint_and_logs(tmp_path):
+    proc = subprocess.Popen([sys.executable, SCRIPT, "--env-id", "PongNoFrameskip-v4", "--learning-starts", "500",
+                             "--buffer-size", "5000", "--run-dir", str(tmp_path), "--no-cuda"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # the first progress line comes after ~10 s, well into learning
+        if line.startswith("step "):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    (checkpoint,) = glob.glob(str(tmp_path / "*" / "checkpoint.pt"))
+    assert torch.load(checkpoint, weights_only=True)["global_step"] > 500
+    assert scalars(str(tmp_path))["losses/td_loss"]
+
+
+BAD_ARGS = [
+    ["--num-envs", "0"],
+    ["--batch-size", "64", "--buffer-size", "32"],
+    ["--learning-starts", "16"],
+    ["--exploration-fraction", "0"],
+    ["--exploration-fraction", "1.5"],
+    ["--total-timesteps", "-5"],
+    ["--learning-starts", "100", "--total-timesteps", "100"],
+    ["--gamma", "1.5"],
+    ["--end-e", "0.5", "--start-e", "0.1"],
+    ["--buffer-size", "40", "--num-envs", "16", "--batch-size", "8", "--learning-starts", "8"],
+    ["--env-id", "Pongg-v4"],
+    ["--env-id", "CartPole-v1"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_ARGS, ids=" ".join)
+def test_bad_arguments_exit_2_with_one_line(argv, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["dqn_atari.py", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        dqn_atari.main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and "error" in err
+
+
+def test_bad_env_id_from_the_command_line(tmp_path):
+    result = run_script("--env-id", "Pongg-v4", "--run-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Pongg-v4" in result.stderr and "pprint_registry" in result.stderr
+    assert not os.listdir(tmp_path)  # nothing was started
+
+
+def test_bad_checkpoint_exits_2_with_one_line(tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_text("not a checkpoint")
+    for path in [str(bogus), str(tmp_path / "missing.pt")]:
+        result = run_script("--eval-checkpoint", path)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
