@@ -1,22 +1,16 @@
-"""DQN for Atari (Mnih et al. 2015) in one file: arguments, environment, network, replay buffer, training loop.
+"""DQN for Atari (Mnih et al. 2015) in one file. Run it: python dqn_atari.py --env-id PongNoFrameskip-v4"""
 
-Run it: python dqn_atari.py --env-id PongNoFrameskip-v4
-"""
-
-import datetime
 import os
 import sys
 import time
-from collections import deque
+from collections import deque, namedtuple
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
 
 import ale_py
 import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
@@ -70,7 +64,6 @@ class Args:
 
 
 def atari_spec(env_id):
-    """The registered spec of an Atari id, or a ValueError that says how to find a valid one."""
     spec = gym.registry.get(env_id)  # `import ale_py` registered the Atari ids
     if spec is None or spec.entry_point != "ale_py.env:AtariEnv":
         raise ValueError(f"{env_id!r} is not an Atari env id (e.g. PongNoFrameskip-v4, ALE/Pong-v5); list them "
@@ -83,11 +76,9 @@ def make_env(env_id, num_envs, max_episode_frames=None):
     game = atari_spec(env_id).kwargs  # the game, its sticky actions (v5: 0.25) and its action set
     return ale_py.vector_env.AtariVectorEnv(
         game=game["game"], num_envs=num_envs,
-        repeat_action_probability=game["repeat_action_probability"],
-        full_action_space=game["full_action_space"],
+        repeat_action_probability=game["repeat_action_probability"], full_action_space=game["full_action_space"],
         max_num_frames_per_episode=max_episode_frames or game["max_num_frames_per_episode"],  # 108,000: 30 min
-        noop_max=30,  # random start states: up to 30 no-ops at reset
-        use_fire_reset=True,  # games that wait for FIRE (Breakout) start at once
+        noop_max=30, use_fire_reset=True,  # random starts: up to 30 no-ops; FIRE where a game waits for it
         frameskip=4, maxpool=True,  # act every 4th frame, whatever the id says; max over the last two: sprites flicker
         img_height=84, img_width=84, grayscale=True, stack_num=4,  # 4 frames show motion; zeros before the first
         reward_clipping=False,  # keep the game's score for logging; the TD target clips
@@ -97,7 +88,6 @@ def make_env(env_id, num_envs, max_episode_frames=None):
 
 class QNetwork(nn.Module):
     """The Nature-DQN CNN: a stack of 4 84x84 frames in, one Q-value per action out."""
-
     def __init__(self, num_actions):
         super().__init__()
         self.network = nn.Sequential(
@@ -112,22 +102,15 @@ class QNetwork(nn.Module):
         return self.network(x.float() / 255.0)  # uint8 in: frames stay 1 byte per pixel until here
 
 
-class Batch(NamedTuple):
-    obs: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    next_obs: np.ndarray
-    dones: np.ndarray  # 1.0 where the TD target must not bootstrap (a lost life or game over; not truncation)
+Batch = namedtuple("Batch", "obs actions rewards next_obs dones")  # dones: 1.0 where the TD target stops
 
 
 class ReplayBuffer:
     """Uniform replay that stores each frame once: ~7 KB per transition instead of 28 KB (obs + next_obs).
 
-    Each env writes frames into a ring of its own. A transition that starts at slot j reads obs from frames
-    j-3..j and next_obs from j-2..j+1, so a step costs one new frame. The first stack of an episode is written
-    whole (zero padding and all), so no stack reaches into the episode before, and a truncated episode keeps
-    its true final frame.
-    """
+    Each env writes frames into a ring of its own. The transition at slot j reads obs from frames j-3..j and
+    next_obs from j-2..j+1: a step costs one new frame. An episode's first stack is written whole (zero padding
+    and all), so no stack reaches into the episode before, and a truncated episode keeps its true last frame."""
 
     def __init__(self, capacity, num_envs, frame_shape=(84, 84), stack=4, seed=None):
         self.slots, self.stack = capacity // num_envs, stack  # per env: envs add in lockstep
@@ -144,8 +127,7 @@ class ReplayBuffer:
     def _write(self, env, frame):
         slot = self.written[env] % self.slots
         self.frames[env, slot] = frame
-        # The transitions that read this slot's old frame are gone: the one starting here, and (the slots in
-        # between were cleared by the writes before this one) the one starting stack-1 slots ahead.
+        # Gone with the old frame: the transitions at this slot and stack-1 slots on (earlier writes took those between)
         self.valid[env, slot] = self.valid[env, (slot + self.stack - 1) % self.slots] = False
         self.written[env] += 1
 
@@ -165,8 +147,7 @@ class ReplayBuffer:
             self.dones[env, slot], self.valid[env, slot] = terminations[env], True
 
     def sample(self, batch_size):
-        if not self.valid.any():
-            raise ValueError("the replay buffer holds no transition yet")
+        assert self.valid.any(), "the replay buffer holds no transition yet"
         num_envs, used = len(self.frames), min(self.written.max(), self.slots)
         envs, slots = np.empty(0, np.int64), np.empty(0, np.int64)
         while len(envs) < batch_size:  # draw slots, keep the valid ones: uniform over the stored transitions
@@ -203,7 +184,7 @@ def td_loss(q_network, target_network, batch, gamma):
         td_target = batch.rewards + gamma * next_q * (1.0 - batch.dones)
     q_values = q_network(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
     # Huber is the Nature paper's error clipping: TD errors beyond 1 get a gradient of 1, not of their size.
-    return F.smooth_l1_loss(q_values, td_target), q_values
+    return nn.functional.smooth_l1_loss(q_values, td_target), q_values
 
 
 def evaluate(q_network, env_id, episodes, epsilon, device, seed):
@@ -237,25 +218,23 @@ def train(args, envs=None):
     table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
-    if envs is None:
-        envs = make_env(args.env_id, args.num_envs)
+    envs = make_env(args.env_id, args.num_envs) if envs is None else envs
     num_envs, num_actions = envs.num_envs, envs.single_action_space.n
     q_network = QNetwork(num_actions).to(device)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate)
     target_network = QNetwork(num_actions).to(device)
     target_network.load_state_dict(q_network.state_dict())
-    rb = ReplayBuffer(args.buffer_size, num_envs, seed=args.seed)
-    rng = np.random.default_rng(args.seed)
+    rng, replay_rng = np.random.default_rng(args.seed).spawn(2)  # independent streams: acting, replay sampling
+    rb = ReplayBuffer(args.buffer_size, num_envs, seed=replay_rng)
 
-    # The loop's state: the stacks in front of the agent, the lives left (a lost life ends the TD backup), the
-    # envs whose next step only resets them, and the running score and length of each game.
+    # The loop's state: the stacks the agent sees, lives left, the envs whose next step only resets, each game so far.
     obs, infos = envs.reset(seed=args.seed)
     lives, resetting = infos["lives"], np.zeros(num_envs, np.bool_)
     episode_return, episode_length = np.zeros(num_envs), np.zeros(num_envs, np.int64)
     recent_returns = deque(maxlen=20)
     global_step, updates, exploration_steps = 0, 0, args.exploration_fraction * args.total_timesteps
     last_print, last_print_step = time.time(), 0
-    print(f"run {run_name}: logs and checkpoint in {run_path}")
+    print(f"logs and checkpoint go to {run_path}")
     try:
         while global_step < args.total_timesteps:
             epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
@@ -294,10 +273,9 @@ def train(args, envs=None):
 
             if time.time() - last_print >= 10:
                 sps = (global_step - last_print_step) / (time.time() - last_print)
-                left = datetime.timedelta(seconds=int((args.total_timesteps - global_step) / sps))
-                mean_return = np.mean(recent_returns or [np.nan])
                 print(f"step {global_step:,}/{args.total_timesteps:,}  {sps:,.0f} steps/s  epsilon {epsilon:.3f}  "
-                      f"return {mean_return:.1f} (last {len(recent_returns)} games)  {left} left", flush=True)
+                      f"return {np.mean(recent_returns or [np.nan]):.1f} ({len(recent_returns)} games)  "
+                      f"{(args.total_timesteps - global_step) / sps / 3600:.1f} h left")
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("charts/epsilon", epsilon, global_step)
                 last_print, last_print_step = time.time(), global_step
@@ -319,19 +297,17 @@ def load_checkpoint(path):
     """The Q-network and env id saved by train, or a ValueError."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        env_id = checkpoint["args"]["env_id"]
-        q_network = QNetwork(make_env(env_id, 1).single_action_space.n)
+        q_network = QNetwork(make_env(checkpoint["args"]["env_id"], 1).single_action_space.n)
         q_network.load_state_dict(checkpoint["model"])
     except Exception as error:  # whatever the file holds, the user needs one line, not a traceback
         raise ValueError(f"{path} is not a checkpoint written by this script ({type(error).__name__})") from None
-    return q_network, env_id
+    return q_network, checkpoint["args"]["env_id"]
 
 
 def check_args(args):
     """Raises a ValueError naming the first argument that would make a wrong or failing run."""
     atari_spec(args.env_id)
-    positive = ["total_timesteps", "num_envs", "buffer_size", "batch_size", "learning_rate", "train_frequency",
-                "target_network_frequency"]
+    positive = "total_timesteps num_envs batch_size learning_rate train_frequency target_network_frequency".split()
     checks = [(getattr(args, name) > 0, f"{name} must be positive") for name in positive] + [
         (args.batch_size <= args.buffer_size, "batch_size must not exceed buffer_size"),
         (args.buffer_size >= 5 * args.num_envs, "buffer_size must hold at least 5 transitions per env"),
@@ -342,16 +318,16 @@ def check_args(args):
         (0 < args.exploration_fraction <= 1, "exploration_fraction must be in (0, 1]"),
         (0 <= args.end_e <= args.start_e <= 1, "need 0 <= end_e <= start_e <= 1"),
         (0 <= args.eval_epsilon <= 1, "eval_epsilon must be in [0, 1]"),
-        (args.eval_episodes >= 0, "eval_episodes must not be negative"),
-        (args.eval_episodes > 0 or not args.eval_checkpoint, "eval_checkpoint needs eval_episodes > 0"),
+        (args.eval_episodes >= bool(args.eval_checkpoint), "eval_episodes must be >= 0 (>= 1 with eval_checkpoint)"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    failed = [message for ok, message in checks if not ok]
+    if failed:
+        raise ValueError(failed[0])
 
 
 def main():
     args = tyro.cli(Args)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they are printed
     try:
         check_args(args)
         checkpoint = load_checkpoint(args.eval_checkpoint) if args.eval_checkpoint else None
@@ -364,8 +340,7 @@ def main():
         else:
             (q_network, env_id), device = checkpoint, pick_device(args)
             evaluate(q_network.to(device), env_id, args.eval_episodes, args.eval_epsilon, device, args.seed)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # the checkpoint and the logs were saved on the way out
         sys.exit(130)
 
 

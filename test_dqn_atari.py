@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import gymnasium as gym
 import numpy as np
@@ -50,8 +49,9 @@ class Catch:
 
     def _frame(self, e):
         frame, c = np.zeros((84, 84), np.uint8), self.CELL
-        frame[self.ball_row[e] * c : (self.ball_row[e] + 1) * c, self.ball_col[e] * c : (self.ball_col[e] + 1) * c] = 255
-        frame[(self.SIZE - 1) * c :, self.paddle[e] * c : (self.paddle[e] + 1) * c] = 128
+        row, col, paddle = self.ball_row[e], self.ball_col[e], self.paddle[e]
+        frame[row * c : (row + 1) * c, col * c : (col + 1) * c] = 255
+        frame[(self.SIZE - 1) * c :, paddle * c : (paddle + 1) * c] = 128
         frame[0:4, 80:] = 20 * self.lives[e]
         frame[4:8, 80:] = 100 * self.outcome[e]  # 1: caught, 2: missed
         return frame
@@ -94,7 +94,8 @@ class Catch:
             self.stacks[e] = np.roll(self.stacks[e], -1, axis=0)
             self.stacks[e, -1] = self._frame(e)
             life_lost = bool(self.lives[e] < lives)
-            self.transitions.append((obs, int(actions[e]), int(rewards[e]), self.stacks[e].copy(), life_lost, bool(trunc[e])))
+            record = (obs, int(actions[e]), int(rewards[e]), self.stacks[e].copy(), life_lost, bool(trunc[e]))
+            self.transitions.append(record)
             if term[e] or trunc[e]:
                 self.needs_reset[e] = True
                 self.scores.append(self.score[e])
@@ -160,7 +161,8 @@ def test_buffer_samples_exactly_the_last_transitions_of_random_streams(num_envs)
     added = []  # the naive reference: whole transitions, in the order added
     for obs, next_obs, actions, rewards, terms, truncs, reset_step in random_stream(num_envs, 1500, seed=num_envs):
         rb.add(obs, next_obs, actions, rewards, terms, truncs)
-        added += [key(obs[e], actions[e], rewards[e], next_obs[e], terms[e]) for e in range(num_envs) if not reset_step[e]]
+        for e in np.flatnonzero(~reset_step):
+            added.append(key(obs[e], actions[e], rewards[e], next_obs[e], terms[e]))
     assert len(added) > 4 * capacity  # the ring wrapped around several times
     sampled = sampled_keys(rb, draws=60)
     assert set(sampled) <= set(added[-capacity:])  # byte for byte, nothing older, no reset step
@@ -198,7 +200,10 @@ def test_buffer_keeps_final_frame_of_truncated_episode():
     rb = ReplayBuffer(50, 1, frame_shape=(2, 2), seed=0)
     frames = [np.full((2, 2), v, np.uint8) for v in range(1, 10)]
     zero = np.zeros((2, 2), np.uint8)
-    stack = lambda *f: np.stack(f)[None]  # noqa: E731
+
+    def stack(*planes):
+        return np.stack(planes)[None]
+
     s0 = stack(zero, zero, zero, frames[0])
     s1 = stack(zero, zero, frames[0], frames[1])  # truncated here: s1 is the true final stack
     r0 = stack(zero, zero, zero, frames[5])  # the reset stack
@@ -258,7 +263,7 @@ def test_buffer_rejects_a_capacity_too_small_for_its_envs():
 
 def test_make_env_gives_stacks_of_four_84x84_frames_zero_padded_at_reset():
     envs = dqn_atari.make_env("PongNoFrameskip-v4", 2)
-    obs, infos = envs.reset(seed=0)
+    obs, _ = envs.reset(seed=0)
     assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
     assert (obs[:, :3] == 0).all() and (obs[:, 3] > 0).any()
     assert envs.single_action_space.n == 6  # Pong's minimal action set, from the spec
@@ -374,7 +379,8 @@ def test_epsilon_greedy_is_greedy_at_zero_and_uniform_at_one():
         best = q_network(torch.from_numpy(obs)).argmax(1).numpy()
     rng = np.random.default_rng(0)
     assert (dqn_atari.epsilon_greedy(q_network, obs, 0.0, 5, rng, "cpu") == best).all()
-    counts = np.bincount(np.concatenate([dqn_atari.epsilon_greedy(q_network, obs, 1.0, 5, rng, "cpu") for _ in range(100)]))
+    draws = [dqn_atari.epsilon_greedy(q_network, obs, 1.0, 5, rng, "cpu") for _ in range(100)]
+    counts = np.bincount(np.concatenate(draws))
     assert len(counts) == 5 and counts.min() > 0.8 * 64 * 100 / 5
 
 
@@ -450,7 +456,7 @@ def test_training_is_deterministic_on_cpu(tmp_path):
     assert len(losses_a) == 8 and losses_a == losses_b
     for p, q in zip(net_a.parameters(), net_b.parameters()):
         assert torch.equal(p, q)
-    net_c, _ = dqn_atari.train(Args(**{**args, "seed": 4}, run_dir=str(tmp_path / "c")))
+    dqn_atari.train(Args(**{**args, "seed": 4}, run_dir=str(tmp_path / "c")))
     assert scalars(str(tmp_path / "c"))["losses/td_loss"] != losses_a  # the check above can fail
 
 
@@ -485,7 +491,7 @@ def test_ctrl_c_saves_checkpoint_and_logs(tmp_path):
         if line.startswith("step "):
             break
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
     (checkpoint,) = glob.glob(str(tmp_path / "*" / "checkpoint.pt"))
     assert torch.load(checkpoint, weights_only=True)["global_step"] > 500
