@@ -1,5 +1,6 @@
 """DQN for Atari (Mnih et al. 2015) in one file. Run it: python dqn_atari.py --env-id PongNoFrameskip-v4"""
 
+import datetime
 import os
 import sys
 import time
@@ -275,7 +276,7 @@ def train(args, envs=None):
                 sps = (global_step - last_print_step) / (time.time() - last_print)
                 print(f"step {global_step:,}/{args.total_timesteps:,}  {sps:,.0f} steps/s  epsilon {epsilon:.3f}  "
                       f"return {np.mean(recent_returns or [np.nan]):.1f} ({len(recent_returns)} games)  "
-                      f"{(args.total_timesteps - global_step) / sps / 3600:.1f} h left")
+                      f"{datetime.timedelta(seconds=int((args.total_timesteps - global_step) / sps))} left")
                 writer.add_scalar("charts/SPS", sps, global_step)
                 writer.add_scalar("charts/epsilon", epsilon, global_step)
                 last_print, last_print_step = time.time(), global_step
