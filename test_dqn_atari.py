@@ -144,10 +144,13 @@ def run_script(*argv, timeout=300):
     return subprocess.run([sys.executable, SCRIPT, *argv], capture_output=True, text=True, timeout=timeout)
 
 
+def events(run_dir):
+    (path,) = glob.glob(os.path.join(run_dir, "*", "events.out.tfevents.*"))
+    return EventAccumulator(path).Reload()
+
+
 def scalars(run_dir):
-    (events,) = glob.glob(os.path.join(run_dir, "*", "events.out.tfevents.*"))
-    acc = EventAccumulator(events)
-    acc.Reload()
+    acc = events(run_dir)
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
@@ -474,6 +477,7 @@ def test_end_to_end_pong_logs_saves_and_evaluates_from_checkpoint(tmp_path):
         assert logged[tag], tag
     assert all(-21 <= r <= 21 for r in logged["charts/episodic_return"])  # whole games of Pong, raw score
     assert len(logged["eval/episodic_return"]) == 2 and "eval: " in result.stdout
+    assert "hyperparameters/text_summary" in events(str(tmp_path)).Tags()["tensors"]
     (checkpoint,) = glob.glob(str(tmp_path / "*" / "checkpoint.pt"))
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["global_step"] == 2500 and saved["args"]["env_id"] == "PongNoFrameskip-v4"
@@ -495,7 +499,9 @@ def test_ctrl_c_saves_checkpoint_and_logs(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err
     (checkpoint,) = glob.glob(str(tmp_path / "*" / "checkpoint.pt"))
     assert torch.load(checkpoint, weights_only=True)["global_step"] > 500
-    assert scalars(str(tmp_path))["losses/td_loss"]
+    logged = scalars(str(tmp_path))
+    for tag in ["losses/td_loss", "charts/SPS", "charts/epsilon"]:  # written before the interrupt, and flushed
+        assert logged[tag], tag
 
 
 BAD_ARGS = [
