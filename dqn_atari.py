@@ -274,11 +274,11 @@ def train(args, envs=None):
 
             if time.time() - last_print >= 10:
                 sps = (global_step - last_print_step) / (time.time() - last_print)
+                writer.add_scalar("charts/SPS", sps, global_step)
+                writer.add_scalar("charts/epsilon", epsilon, global_step)
                 print(f"step {global_step:,}/{args.total_timesteps:,}  {sps:,.0f} steps/s  epsilon {epsilon:.3f}  "
                       f"return {np.mean(recent_returns or [np.nan]):.1f} ({len(recent_returns)} games)  "
                       f"{datetime.timedelta(seconds=int((args.total_timesteps - global_step) / sps))} left")
-                writer.add_scalar("charts/SPS", sps, global_step)
-                writer.add_scalar("charts/epsilon", epsilon, global_step)
                 last_print, last_print_step = time.time(), global_step
     finally:  # on Ctrl-C too: the checkpoint and the logs are what a run promises
         checkpoint = os.path.join(run_path, "checkpoint.pt")
