@@ -301,7 +301,7 @@ def load_checkpoint(path):
         q_network = QNetwork(make_env(checkpoint["args"]["env_id"], 1).single_action_space.n)
         q_network.load_state_dict(checkpoint["model"])
     except Exception as error:  # whatever the file holds, the user needs one line, not a traceback
-        raise ValueError(f"{path} is not a checkpoint written by this script ({type(error).__name__})") from None
+        raise ValueError(f"cannot read a checkpoint of this script from {path} ({type(error).__name__})") from None
     return q_network, checkpoint["args"]["env_id"]
 
 
