@@ -115,6 +115,14 @@ def sampled_keys(rb, draws, batch_size=256):
     return keys
 
 
+def assert_holds_the_last(rb, added, capacity, draws, recent):
+    """Every sample is, byte for byte, one of the last `capacity` transitions added (nothing older, no reset
+    step), and each of the last `recent` ones is sampled (nothing recent is lost)."""
+    sampled = set(sampled_keys(rb, draws))
+    assert sampled <= set(added[-capacity:])
+    assert set(added[-recent:]) <= sampled
+
+
 def random_stream(num_envs, steps, seed, shape=(84, 84)):
     """Rows as a NEXT_STEP vector env would give them, with random frames: (obs, next_obs, actions, rewards,
     terminations, truncations, is_reset_step). Episodes end by termination or truncation; lives are lost
@@ -167,9 +175,7 @@ def test_buffer_samples_exactly_the_last_transitions_of_random_streams(num_envs)
         for e in np.flatnonzero(~reset_step):
             added.append(key(obs[e], actions[e], rewards[e], next_obs[e], terms[e]))
     assert len(added) > 4 * capacity  # the ring wrapped around several times
-    sampled = sampled_keys(rb, draws=60)
-    assert set(sampled) <= set(added[-capacity:])  # byte for byte, nothing older, no reset step
-    assert set(added[-capacity // 2 :]) <= set(sampled)  # and nothing recent is lost
+    assert_holds_the_last(rb, added, capacity, draws=60, recent=capacity // 2)
 
 
 def test_buffer_matches_naive_reference_on_real_breakout_stream():
@@ -194,9 +200,7 @@ def test_buffer_matches_naive_reference_on_real_breakout_stream():
         counts["life_lost"] += life_lost.sum()
         obs, lives, resetting = next_obs, infos["lives"], terms | truncs
     assert min(counts.values()) > 0, counts
-    sampled = sampled_keys(rb, draws=40)
-    assert set(sampled) <= set(added[-capacity:])
-    assert set(added[-capacity // 2 :]) <= set(sampled)
+    assert_holds_the_last(rb, added, capacity, draws=40, recent=capacity // 2)
 
 
 def test_buffer_keeps_final_frame_of_truncated_episode():
@@ -231,9 +235,7 @@ def test_buffer_takes_streams_without_reset_steps_too():
         if keep.all():
             rb.add(obs, next_obs, actions, rewards, terms, truncs)
             added += [key(obs[e], actions[e], rewards[e], next_obs[e], terms[e]) for e in range(2)]
-    sampled = sampled_keys(rb, draws=20)
-    assert set(sampled) <= set(added[-600:])
-    assert set(added[-200:]) <= set(sampled)
+    assert_holds_the_last(rb, added, 600, draws=20, recent=200)
 
 
 @pytest.mark.parametrize("capacity, num_envs", [(1_000_000, 1), (1_000_000, 8), (50_000, 1)])
