@@ -2,6 +2,7 @@
 stacks, a hand-computed TD target, ale-py configured another way, or a synthetic game whose answer is known."""
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import dqn_atari
 from dqn_atari import Args, QNetwork, ReplayBuffer
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dqn_atari.py")
+BENCHMARK = os.path.join(os.path.dirname(SCRIPT), "benchmark.py")
 
 
 # ---------------------------------------------------------------- references and a synthetic game
@@ -101,6 +103,12 @@ class Catch:
                 self.scores.append(self.score[e])
                 self.lengths.append(self.t[e])
         return self.stacks.copy(), rewards, term, trunc, {"lives": self.lives.copy()}
+
+    def send(self, actions):  # ale-py's split step: the loop updates between the two
+        self.sent = actions
+
+    def recv(self):
+        return self.step(self.sent)
 
 
 def key(obs, action, reward, next_obs, done):
@@ -370,6 +378,40 @@ def test_td_target_matches_hand_computation_for_terminal_and_truncated():
     assert loss.item() == pytest.approx(huber, rel=1e-4)
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_path_computes_what_the_plain_one_does(device, monkeypatch):
+    """Channels-last, fused Adam and (on a GPU) CUDA graphs change how fast the loop acts and learns, not what it
+    computes. Each of 6 updates (on a GPU: 3 warm-up calls, the recording, 2 replays) gets the plain path's loss,
+    mean Q and greedy actions on a new batch; after the first update the weights are the plain path's."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # on a GPU: float32 against float32
+    device, lr = torch.device(device), 1e-4
+    learners = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        learners.append(dqn_atari.make_learner(6, Args(fast=fast, learning_rate=lr), device))
+    (plain_net, _, plain_greedy, plain_update), (fast_net, _, fast_greedy, fast_update) = learners
+    assert fast_net.network[0].weight.is_contiguous(memory_format=torch.channels_last)
+    start = [p.detach().clone() for p in plain_net.parameters()]
+    rng = np.random.default_rng(0)
+    for update in range(6):
+        frames = rng.integers(0, 256, (32, 5, 84, 84), dtype=np.uint8)
+        batch = [dqn_atari.to_device(np.ascontiguousarray(x), device) for x in (frames[:, :4], rng.integers(0, 6, 32),
+                 rng.normal(size=32).astype(np.float32), frames[:, 1:], (rng.random(32) < 0.2).astype(np.float32))]
+        assert torch.equal(fast_greedy(batch[0][:8]), plain_greedy(batch[0][:8]))
+        (plain_loss, plain_q), (fast_loss, fast_q) = plain_update(*batch), fast_update(*batch)
+        assert fast_loss.item() == pytest.approx(plain_loss.item(), rel=1e-5)
+        assert fast_q.item() == pytest.approx(plain_q.item(), rel=1e-5, abs=1e-6)
+        if update == 0:
+            # Adam's first step is lr * g / (|g| + eps): about lr for every weight, and rounding-level differences
+            # in a gradient near 0 can move a weight by a small fraction of lr. Beyond that, the weights are equal.
+            for p, q, p0 in zip(plain_net.parameters(), fast_net.parameters(), start):
+                assert (p - p0).abs().mean() > 0.5 * lr
+                torch.testing.assert_close(q, p, rtol=0, atol=0.05 * lr)
+
+
 def test_linear_schedule():
     assert dqn_atari.linear_schedule(1.0, 0.1, 100, 0) == 1.0
     assert dqn_atari.linear_schedule(1.0, 0.1, 100, 50) == pytest.approx(0.55)
@@ -383,8 +425,8 @@ def test_epsilon_greedy_is_greedy_at_zero_and_uniform_at_one():
     with torch.no_grad():
         best = q_network(torch.from_numpy(obs)).argmax(1).numpy()
     rng = np.random.default_rng(0)
-    assert (dqn_atari.epsilon_greedy(q_network, obs, 0.0, 5, rng, "cpu") == best).all()
-    draws = [dqn_atari.epsilon_greedy(q_network, obs, 1.0, 5, rng, "cpu") for _ in range(100)]
+    assert (dqn_atari.epsilon_greedy(q_network.greedy, obs, 0.0, 5, rng, torch.device("cpu")) == best).all()
+    draws = [dqn_atari.epsilon_greedy(q_network.greedy, obs, 1.0, 5, rng, torch.device("cpu")) for _ in range(100)]
     counts = np.bincount(np.concatenate(draws))
     assert len(counts) == 5 and counts.min() > 0.8 * 64 * 100 / 5
 
@@ -517,6 +559,7 @@ BAD_ARGS = [
     ["--gamma", "1.5"],
     ["--end-e", "0.5", "--start-e", "0.1"],
     ["--buffer-size", "40", "--num-envs", "16", "--batch-size", "8", "--learning-starts", "8"],
+    ["--num-envs", "8", "--batch-size", "4", "--learning-starts", "4"],
     ["--env-id", "Pongg-v4"],
     ["--env-id", "CartPole-v1"],
 ]
@@ -545,3 +588,22 @@ def test_bad_checkpoint_exits_2_with_one_line(tmp_path):
     for path in [str(bogus), str(tmp_path / "missing.pt")]:
         result = run_script("--eval-checkpoint", path)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def test_benchmark_prints_its_table_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["--no-cuda", "--paths", "fast", "--env-steps", "400", "--updates", "5", "--learning-starts", "300",
+            "--loop-steps", "300", "--buffer-size", "1000", "--json", str(out)]
+    result = subprocess.run([sys.executable, BENCHMARK, *argv], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len([line for line in result.stdout.splitlines() if line.startswith("| fast |")]) == 1
+    row = json.loads(out.read_text())["rows"][0]
+    assert min(row[key] for key in ["env_sps", "act_sps", "updates_per_s", "loop_sps", "peak_rss_mib"]) > 0
+    update_sps = 4 * row["updates_per_s"]  # train_frequency 4
+    assert row["bound_sequential"] == pytest.approx(1 / (1 / row["env_sps"] + 1 / update_sps))
+    assert row["bound_overlapped"] == pytest.approx(min(row["env_sps"], update_sps))
+    assert row["eff_seq"] == pytest.approx(row["loop_sps"] / row["bound_sequential"])
+    assert row["loop_sps"] < 1.5 * row["bound_overlapped"]  # the loop is no faster than its parts allow
