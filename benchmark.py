@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,8 +44,10 @@ class Args:
     """agent steps of the loop's learning phase that are timed"""
     buffer_size: int = 50_000
     """the loop's replay buffer (the peer's setting)"""
+    repeats: int = 1
+    """times each path is measured, the paths taking turns; the table shows the medians"""
     json: str = ""
-    """if set, also write the results to this JSON file"""
+    """if set, also write the results (the medians and every run) to this JSON file"""
 
 
 def sync(device):
@@ -146,29 +149,43 @@ def main():
     header = (f"{args.env_id}, num_envs {args.num_envs}, {device.type}: {machine}, {os.cpu_count()} CPU cores, "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(header)
+    runs = []
+    for _ in range(args.repeats):
+        for path in args.paths:
+            fast = path == "fast"
+            runs.append({"path": path, **in_fresh_process(parts, args, fast), **in_fresh_process(loop, args, fast)})
+            # What the parts allow: the envs, then the update (the order on a busy CPU), or the two overlapped (the
+            # slower one); and the envs, acting and the update in turn.
+            run, update_sps = runs[-1], dqn_atari.Args.train_frequency * runs[-1]["updates_per_s"]
+            run["bound_sequential"] = 1 / (1 / run["env_sps"] + 1 / update_sps)
+            run["bound_overlapped"] = min(run["env_sps"], update_sps)
+            run["bound_with_acting"] = 1 / (1 / run["env_sps"] + 1 / run["act_sps"] + 1 / update_sps)
+            for bound in ["sequential", "overlapped", "with_acting"]:
+                run[f"efficiency_{bound}"] = run["loop_sps"] / run[f"bound_{bound}"]
     rows = []
     for path in args.paths:
-        fast = path == "fast"
-        row = {"path": path, **in_fresh_process(parts, args, fast), **in_fresh_process(loop, args, fast)}
-        # The bounds the parts allow: envs and updates one after the other, or overlapped (then the slower one)
-        update_sps = dqn_atari.Args.train_frequency * row["updates_per_s"]
-        row["bound_sequential"] = 1 / (1 / row["env_sps"] + 1 / update_sps)
-        row["bound_overlapped"] = min(row["env_sps"], update_sps)
-        row["eff_seq"] = row["loop_sps"] / row["bound_sequential"]
-        row["eff_ovl"] = row["loop_sps"] / row["bound_overlapped"]
-        rows.append(row)
-    columns = [("path", "path", "{}"), ("env steps/s", "env_sps", "{:,.0f}"), ("acting steps/s", "act_sps", "{:,.0f}"),
-               ("updates/s", "updates_per_s", "{:,.1f}"), ("loop steps/s", "loop_sps", "{:,.0f}"),
-               ("bound, sequential", "bound_sequential", "{:,.0f}"), ("efficiency", "eff_seq", "{:.0%}"),
-               ("bound, overlapped", "bound_overlapped", "{:,.0f}"), ("efficiency", "eff_ovl", "{:.0%}"),
-               ("peak RSS MiB", "peak_rss_mib", "{:,.0f}"), ("peak GPU MiB", "peak_gpu_mib", "{:,.0f}")]
-    print("| " + " | ".join(title for title, _, _ in columns) + " |")
-    print("|" + "---|" * len(columns))
-    for row in rows:
-        print("| " + " | ".join("-" if row[key] is None else fmt.format(row[key]) for _, key, fmt in columns) + " |")
+        mine = [run for run in runs if run["path"] == path]
+        rows.append({key: value if key == "path" or value is None else statistics.median(run[key] for run in mine)
+                     for key, value in mine[0].items()})
+    lines = [("env steps/s, random actions", "env_sps", "{:,.0f}"),
+             ("acting steps/s, greedy", "act_sps", "{:,.0f}"),
+             ("updates/s, sampling included", "updates_per_s", "{:,.1f}"),
+             ("loop steps/s, learning phase", "loop_sps", "{:,.0f}"),
+             ("bound: envs, then update", "bound_sequential", "{:,.0f}"),
+             ("efficiency", "efficiency_sequential", "{:.0%}"),
+             ("bound: envs and update overlapped", "bound_overlapped", "{:,.0f}"),
+             ("efficiency", "efficiency_overlapped", "{:.0%}"),
+             ("bound: envs, acting, update in turn", "bound_with_acting", "{:,.0f}"),
+             ("efficiency", "efficiency_with_acting", "{:.0%}"),
+             ("peak RSS of the loop, MiB", "peak_rss_mib", "{:,.0f}"),
+             ("peak GPU memory of the loop, MiB", "peak_gpu_mib", "{:,.0f}")]
+    print("| | " + " | ".join(row["path"] for row in rows) + " |")
+    print("|---|" + "---:|" * len(rows))
+    for title, key, fmt in lines:
+        print(f"| {title} | " + " | ".join("-" if row[key] is None else fmt.format(row[key]) for row in rows) + " |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"setup": header, "args": vars(args), "rows": rows}, f, indent=2)
+            json.dump({"setup": header, "args": vars(args), "rows": rows, "runs": runs}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """DQN for Atari (Mnih et al. 2015) in one file. Run it: python dqn_atari.py --env-id PongNoFrameskip-v4"""
 
 import copy
+import ctypes
 import datetime
 import os
 import sys
@@ -234,6 +235,11 @@ def make_learner(num_actions, args, device):
     q_network = QNetwork(num_actions).to(device, memory_format=layout)
     target_network = copy.deepcopy(q_network)
     graphs = args.fast and device.type == "cuda"
+    if args.fast and device.type == "cpu" and sys.platform == "linux":
+        # Keep freed memory in the process: glibc returns big blocks to the OS, and each update then faults them back
+        # in (~700 page faults, ~6% of an update here). -3: M_MMAP_THRESHOLD (32 MB at most), -1: M_TRIM_THRESHOLD.
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 2**31 - 1)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=args.fast, capturable=graphs)
 
     def update(*batch):
