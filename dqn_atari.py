@@ -6,6 +6,7 @@ import datetime
 import os
 import sys
 import time
+import warnings
 from collections import deque, namedtuple
 from dataclasses import asdict, dataclass
 
@@ -178,8 +179,9 @@ def linear_schedule(start_e, end_e, duration, t):
 
 def to_device(x, device):
     """A numpy array as a tensor on the device; to a GPU through pinned memory, so the copy leaves the host free."""
-    x = torch.from_numpy(x)
-    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
+    if device.type == "cpu":
+        return torch.from_numpy(x)
+    return torch.from_numpy(np.ascontiguousarray(x)).pin_memory().to(device, non_blocking=True)
 
 
 def epsilon_greedy(greedy, obs, epsilon, num_actions, rng, device):
@@ -241,6 +243,7 @@ def make_learner(num_actions, args, device):
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 2**31 - 1)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=args.fast, capturable=graphs)
+    warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")  # the 3 warm-up calls
 
     def update(*batch):
         loss, q_values = td_loss(q_network, target_network, Batch(*batch), args.gamma)
