@@ -71,11 +71,11 @@ def random_play(envs, steps, rng, rb=None):
         obs = next_obs
 
 
-def train_args(args, fast):
+def train_args(args, fast, run_dir=""):
     """dqn_atari's defaults, with the benchmark's game, envs, device, path and phases."""
     return dqn_atari.Args(env_id=args.env_id, num_envs=args.num_envs, cuda=args.cuda, fast=fast, eval_episodes=0,
                           total_timesteps=args.learning_starts + args.loop_steps, learning_starts=args.learning_starts,
-                          buffer_size=args.buffer_size, run_dir=tempfile.mkdtemp())
+                          buffer_size=args.buffer_size, run_dir=run_dir)
 
 
 def parts(args, fast):
@@ -90,12 +90,14 @@ def parts(args, fast):
     rb = dqn_atari.ReplayBuffer(args.learning_starts, args.num_envs, seed=0)
     random_play(envs, args.learning_starts, rng, rb)
     num_actions = envs.single_action_space.n
-    _, _, greedy, update = dqn_atari.make_learner(num_actions, train_args(args, fast), device)
+    settings = train_args(args, fast)
+    _, _, greedy, update = dqn_atari.make_learner(num_actions, settings, device)
     obs = rb.sample(args.num_envs).obs
     timed = []
     for work, calls in [(lambda: dqn_atari.epsilon_greedy(greedy, obs, 0.0, num_actions, rng, device),
                          args.env_steps // args.num_envs),
-                        (lambda: update(*(dqn_atari.to_device(x, device) for x in rb.sample(32))), args.updates)]:
+                        (lambda: update(*(dqn_atari.to_device(x, device) for x in rb.sample(settings.batch_size))),
+                         args.updates)]:
         for _ in range(10):  # warm-up: on a GPU, the CUDA graphs are recorded here
             work()
         sync(device)
@@ -126,8 +128,8 @@ def loop(args, fast):
     """Agent steps/s of dqn_atari.train in its learning phase, and the process's peak memory."""
     device = dqn_atari.pick_device(args)
     envs = TimedEnvs(dqn_atari.make_env(args.env_id, args.num_envs))
-    with contextlib.redirect_stdout(io.StringIO()):
-        dqn_atari.train(train_args(args, fast), envs)
+    with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as run_dir:
+        dqn_atari.train(train_args(args, fast, run_dir), envs)
     first = (args.learning_starts + args.loop_steps // 10) // args.num_envs  # the first 10% warms up: not timed
     steps = (len(envs.arrivals) - 1 - first) * args.num_envs
     rss, gpu = peak_memory_mib(device)
