@@ -13,9 +13,11 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ class Args:
     """envs stepped together"""
     cuda: bool = True
     """time the GPU path when a GPU is present"""
-    paths: tuple[str, ...] = ("fast", "plain")
+    paths: tuple[Literal["fast", "plain"], ...] = ("fast", "plain")
     """the paths to time: fast (dqn_atari's default) and plain (its --no-fast)"""
     env_steps: int = 20_000
     """agent steps timed for the envs alone, and for acting alone"""
@@ -41,7 +43,7 @@ class Args:
     learning_starts: int = 5_000
     """the loop's steps before its first update (the peer's setting); the update alone samples this many"""
     loop_steps: int = 5_000
-    """agent steps of the loop's learning phase that are timed"""
+    """agent steps of the loop's learning phase: the first 10% warm up, the rest are timed"""
     buffer_size: int = 50_000
     """the loop's replay buffer (the peer's setting)"""
     repeats: int = 1
@@ -143,6 +145,13 @@ def in_fresh_process(fn, *args):
 
 def main():
     args = tyro.cli(Args)
+    try:
+        dqn_atari.check_args(train_args(args, fast=True))
+        if min(args.env_steps, args.updates, args.repeats) < 1 or args.loop_steps < 10 * args.num_envs:
+            raise ValueError("env_steps, updates and repeats must be positive, and loop_steps at least 10 per env")
+    except ValueError as error:
+        print(f"benchmark.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
     device = dqn_atari.pick_device(args)
     args.cuda = device.type == "cuda"  # said once, here
     machine = (torch.cuda.get_device_name() if device.type == "cuda" else

@@ -608,3 +608,11 @@ def test_benchmark_prints_its_table_and_writes_json(tmp_path):
     assert row["bound_with_acting"] == pytest.approx(1 / (1 / row["env_sps"] + 1 / row["act_sps"] + 1 / update_sps))
     assert row["efficiency_sequential"] == pytest.approx(row["loop_sps"] / row["bound_sequential"])
     assert row["loop_sps"] < 1.5 * row["bound_overlapped"]  # the loop is no faster than its parts allow
+
+
+@pytest.mark.parametrize("argv", [["--num-envs", "0"], ["--updates", "0"], ["--loop-steps", "5"], ["--paths", "quick"]],
+                         ids=" ".join)
+def test_benchmark_rejects_bad_arguments_with_exit_2(argv):
+    result = subprocess.run([sys.executable, BENCHMARK, *argv], capture_output=True, text=True, timeout=120)
+    said = (result.stdout + result.stderr).lower()
+    assert result.returncode == 2 and ("error" in said or "invalid" in said) and "loop steps/s" not in said
