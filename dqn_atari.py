@@ -209,16 +209,15 @@ class CUDAGraph:
     copies of its inputs; later calls copy their inputs there and replay. Each call does fn's work exactly once."""
 
     def __init__(self, fn):
-        self.fn, self.calls, self.graph = fn, 0, torch.cuda.CUDAGraph()
+        self.fn, self.calls, self.graph, self.side = fn, 0, torch.cuda.CUDAGraph(), torch.cuda.Stream()
 
     def __call__(self, *inputs):
         self.calls += 1
         if self.calls <= 3:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
                 outputs = self.fn(*inputs)
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream().wait_stream(self.side)
             return outputs
         if self.calls == 4:
             self.inputs = [x.clone() for x in inputs]
