@@ -93,7 +93,7 @@ def parts(args, fast):
     random_play(envs, args.learning_starts, rng, rb)
     num_actions = envs.single_action_space.n
     settings = train_args(args, fast)
-    _, _, greedy, update = dqn_atari.make_learner(num_actions, settings, device)
+    _, _, _, greedy, update = dqn_atari.make_learner(num_actions, settings, device)
     obs = rb.sample(args.num_envs).obs
     timed = []
     for work, calls in [(lambda: dqn_atari.epsilon_greedy(greedy, obs, 0.0, num_actions, rng, device),

@@ -4,11 +4,14 @@ import copy
 import ctypes
 import datetime
 import os
+import signal
+import subprocess
 import sys
 import time
 import warnings
 from collections import deque, namedtuple
-from dataclasses import asdict, dataclass
+from contextlib import suppress
+from dataclasses import asdict, dataclass, fields
 
 import ale_py
 import gymnasium as gym
@@ -33,6 +36,15 @@ class Args:
     """channels-last convolutions, fused Adam and, on a GPU, CUDA graphs: the same updates, sooner"""
     run_dir: str = "runs"
     """each run writes its TensorBoard logs and its checkpoint to <run_dir>/<run_name>/"""
+    run_name: str = ""
+    """the run's folder in run_dir (default: <env_id>__<exp_name>__<seed>__<unix time>)"""
+    checkpoint_frequency: int = 100_000
+    """agent steps between checkpoints (0: only at the end); each write replaces the last one atomically"""
+    resume: str = ""
+    """continue the run that wrote this checkpoint, in its folder, to its total_timesteps; "auto": continue
+    <run_dir>/<run_name>/checkpoint.pt if it is there, else start that run (one command for a job that a
+    scheduler restarts). Other flags given with it must equal the saved run's, except --total-timesteps (to
+    extend a run), --checkpoint-frequency, --cuda, --fast, --eval-episodes and --eval-epsilon"""
     eval_checkpoint: str = ""
     """if set, evaluate this checkpoint on the game it was trained on, then exit (no training)"""
     env_id: str = "BreakoutNoFrameskip-v4"
@@ -122,6 +134,11 @@ class ReplayBuffer:
     Each env writes frames into a ring of its own. The transition at slot j reads obs from frames j-3..j and
     next_obs from j-2..j+1: a step costs one new frame. An episode's first stack is written whole (zero padding
     and all), so no stack reaches into the episode before, and a truncated episode keeps its true last frame."""
+
+    @staticmethod
+    def bytes_needed(capacity, num_envs, frame_shape=(84, 84)):
+        """The memory the arrays below take once filled: a frame, an action, a reward and two flags per slot."""
+        return capacity // num_envs * num_envs * (int(np.prod(frame_shape)) + 8 + 4 + 1 + 1)
 
     def __init__(self, capacity, num_envs, frame_shape=(84, 84), stack=4, seed=None):
         self.slots, self.stack = capacity // num_envs, stack  # per env: envs add in lockstep
@@ -229,9 +246,10 @@ class CUDAGraph:
         return self.outputs  # the same tensors each call: read them before the next
 
 
-def make_learner(num_actions, args, device):
-    """The Q-network, its target network, and the two functions the loop calls: greedy (acting) and update (one
-    gradient step). args.fast changes how fast they run, not what they compute (a test compares the two)."""
+def make_learner(num_actions, args, device, checkpoint=None):
+    """The Q-network, its target network, their optimizer, and the two functions the loop calls: greedy (acting)
+    and update (one gradient step); from a checkpoint's weights and optimizer state where one is given.
+    args.fast changes how fast they run, not what they compute (a test compares the two)."""
     layout = torch.channels_last if args.fast else torch.contiguous_format  # NHWC: faster convolutions (14% on CPU)
     q_network = QNetwork(num_actions).to(device, memory_format=layout)
     target_network = copy.deepcopy(q_network)
@@ -242,6 +260,11 @@ def make_learner(num_actions, args, device):
         libc = ctypes.CDLL(None)
         libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 2**31 - 1)
     optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=args.fast, capturable=graphs)
+    if checkpoint is not None:
+        q_network.load_state_dict(checkpoint["model"])
+        target_network.load_state_dict(checkpoint["target_model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        optimizer.param_groups[0].update(fused=args.fast, capturable=graphs)  # this run's path, not the saved one's
     warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")  # the 3 warm-up calls
 
     def update(*batch):
@@ -252,7 +275,7 @@ def make_learner(num_actions, args, device):
         return loss.detach(), q_values.detach().mean()  # tensors: reading one makes the host wait for a GPU
 
     graphed = CUDAGraph if graphs else lambda fn: fn
-    return q_network, target_network, graphed(q_network.greedy), graphed(update)
+    return q_network, target_network, optimizer, graphed(q_network.greedy), graphed(update)
 
 
 def evaluate(q_network, env_id, episodes, epsilon, device, seed):
@@ -269,37 +292,90 @@ def evaluate(q_network, env_id, episodes, epsilon, device, seed):
     return scores
 
 
+def produced_by(device):
+    """What made a checkpoint: this file's last git commit (where it is in a repository), the libraries, the device."""
+    folder, name = os.path.split(os.path.abspath(__file__))
+    try:  # the last commit of this file, and whether it has changed since
+        commit, changed = (subprocess.run(["git", *argv, "--", name], cwd=folder, capture_output=True, text=True)
+                           .stdout.strip() for argv in (["log", "-1", "--format=%H"], ["status", "--porcelain"]))
+    except OSError:  # no git
+        commit, changed = "", ""
+    if commit and changed:
+        commit += " + uncommitted changes"
+    return {"git_commit": commit or None, "torch": str(torch.__version__), "gymnasium": gym.__version__,
+            "ale_py": ale_py.__version__, "device": str(device)}
+
+
+def save_checkpoint(path, checkpoint):
+    """Writes to a temporary file beside path, then renames it over path: a kill at any instant (a crash, kill -9, a
+    second Ctrl-C) leaves the last complete checkpoint readable. Weights that are not all finite are never written."""
+    if not all(weights.isfinite().all() for weights in checkpoint["model"].values()):
+        raise FloatingPointError(f"the Q-network's weights are not finite at step {checkpoint['global_step']:,}")
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as file:
+        torch.save(checkpoint, file)
+        file.flush()
+        os.fsync(file.fileno())  # on the disk before the rename, so a power cut leaves the old file or the new one
+    os.replace(temporary, path)  # atomic
+
+
 def pick_device(args):
     if args.cuda and not torch.cuda.is_available():
         print("no GPU found: running on the CPU")
     return torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
 
 
-def train(args, envs=None):
-    """Trains DQN on make_env's envs, or on `envs` (a test's synthetic game); returns the network and the buffer."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit or preemption, docker stop, kill) stops a run as Ctrl-C does."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def train(args, envs=None, checkpoint=None):
+    """Trains DQN on make_env's envs, or on `envs` (a test's synthetic game), from the start or from a checkpoint
+    that train saved; returns the network and the buffer."""
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = pick_device(args)
-    run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_path = os.path.join(args.run_dir, run_name)
-    writer = SummaryWriter(run_path)
-    table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
-    writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    checkpoint_path = os.path.join(run_path, "checkpoint.pt")
+    start_step = checkpoint["global_step"] if checkpoint else 0
+    # A resumed run drops what its stopped process logged after the checkpoint, so each step is logged once.
+    writer = SummaryWriter(run_path, purge_step=start_step + 1 if checkpoint else None)
+    if checkpoint is None:
+        table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
+        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
     envs = make_env(args.env_id, args.num_envs) if envs is None else envs
     num_envs, num_actions = envs.num_envs, envs.single_action_space.n
-    q_network, target_network, greedy, update = make_learner(num_actions, args, device)
+    q_network, target_network, optimizer, greedy, update = make_learner(num_actions, args, device, checkpoint)
     rng, replay_rng = np.random.default_rng(args.seed).spawn(2)  # independent streams: acting, replay sampling
+    if checkpoint:  # the streams go on where they were, they do not start again from the seed
+        rng.bit_generator.state, replay_rng.bit_generator.state = checkpoint["rng"]
     rb = ReplayBuffer(args.buffer_size, num_envs, seed=replay_rng)
+    made_by = produced_by(device)
+
+    def save(step):
+        save_checkpoint(checkpoint_path, {
+            "model": q_network.state_dict(), "target_model": target_network.state_dict(),
+            "optimizer": optimizer.state_dict(), "global_step": step, "args": asdict(args),
+            "rng": (rng.bit_generator.state, replay_rng.bit_generator.state),
+            "recent_returns": list(recent_returns), "produced_by": made_by,
+        })
 
     # The loop's state: the stacks the agent sees, lives left, the envs whose next step only resets, each game so far.
-    obs, infos = envs.reset(seed=args.seed)
+    obs, infos = envs.reset(seed=args.seed + start_step)
     lives, resetting = infos["lives"], np.zeros(num_envs, np.bool_)
     episode_return, episode_length = np.zeros(num_envs), np.zeros(num_envs, np.int64)
-    recent_returns = deque(maxlen=20)
-    global_step, updates, exploration_steps = 0, 0, args.exploration_fraction * args.total_timesteps
-    last_print, last_print_step = time.time(), 0
-    print(f"logs and checkpoint go to {run_path}")
+    recent_returns = deque(checkpoint["recent_returns"] if checkpoint else [], maxlen=20)
+    global_step, updates, exploration_steps = start_step, 0, args.exploration_fraction * args.total_timesteps
+    learning_starts = start_step + args.learning_starts  # a resumed run first fills its empty buffer again
+    last_print, last_print_step = time.time(), global_step
+    stop = None  # Ctrl-C or SIGTERM, if one ends the loop
+    print(f"logs and checkpoints go to {run_path}" + (f", going on from step {start_step:,}" if checkpoint else ""))
     try:
         while global_step < args.total_timesteps:
             epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
@@ -307,11 +383,13 @@ def train(args, envs=None):
             envs.send(actions)  # the envs step in their own threads while the update below runs
 
             steps_before, global_step = global_step, global_step + num_envs
-            if global_step > args.learning_starts:
+            if global_step > learning_starts:
                 # one gradient step per train_frequency agent steps, however many envs made them
                 for _ in range(global_step // args.train_frequency - steps_before // args.train_frequency):
                     loss, q_mean = update(*(to_device(x, device) for x in rb.sample(args.batch_size)))
                     updates += 1
+                    if not loss.isfinite():  # on a GPU a wait for the update, while the envs step
+                        raise FloatingPointError(f"the TD loss is {loss.item()} at step {global_step:,}")
                     if updates % 25 == 0:  # reading a result from a GPU makes the host wait: now and then only
                         writer.add_scalar("losses/td_loss", loss.item(), global_step)
                         writer.add_scalar("losses/q_values", q_mean.item(), global_step)
@@ -324,7 +402,7 @@ def train(args, envs=None):
             episode_return += rewards  # the raw score, all lives: the number papers report
             episode_length += ~resetting
             for env in np.flatnonzero(game_over):
-                recent_returns.append(episode_return[env])
+                recent_returns.append(float(episode_return[env]))
                 writer.add_scalar("charts/episodic_return", episode_return[env], global_step)
                 writer.add_scalar("charts/episodic_length", episode_length[env], global_step)
             episode_return[game_over], episode_length[game_over] = 0, 0
@@ -333,6 +411,9 @@ def train(args, envs=None):
             rb.add(obs, next_obs, actions, np.clip(rewards, -1, 1), terminations | life_lost, truncations)
             obs, lives, resetting = next_obs, infos["lives"], game_over
 
+            if args.checkpoint_frequency and (
+                    global_step // args.checkpoint_frequency > steps_before // args.checkpoint_frequency):
+                save(global_step)
             if time.time() - last_print >= 10:
                 sps = (global_step - last_print_step) / (time.time() - last_print)
                 writer.add_scalar("charts/SPS", sps, global_step)
@@ -341,11 +422,15 @@ def train(args, envs=None):
                       f"return {np.mean(recent_returns or [np.nan]):.1f} ({len(recent_returns)} games)  "
                       f"{datetime.timedelta(seconds=int((args.total_timesteps - global_step) / sps))} left")
                 last_print, last_print_step = time.time(), global_step
-    finally:  # on Ctrl-C too: the checkpoint and the logs are what a run promises
-        checkpoint = os.path.join(run_path, "checkpoint.pt")
-        torch.save({"model": q_network.state_dict(), "args": asdict(args), "global_step": global_step}, checkpoint)
-        writer.flush()
-        print(f"step {global_step:,}: checkpoint saved to {checkpoint}")
+    except KeyboardInterrupt as interrupt:
+        stop = interrupt
+    finally:
+        writer.flush()  # whatever ends the loop (a NaN loss or a crash too), what it logged is on the disk
+    save(global_step)  # at the end, and on Ctrl-C or SIGTERM: the checkpoint and the logs are what a run promises
+    stopped_by = "" if stop is None else ("SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C") + ", "
+    print(f"{stopped_by}step {global_step:,}: checkpoint saved to {checkpoint_path}, logs flushed")
+    if stop is not None:
+        raise stop
 
     if args.eval_episodes:
         scores = evaluate(q_network, args.env_id, args.eval_episodes, args.eval_epsilon, device, args.seed + num_envs)
@@ -355,15 +440,107 @@ def train(args, envs=None):
     return q_network, rb
 
 
-def load_checkpoint(path):
-    """The Q-network and env id saved by train, or a ValueError."""
+def read_checkpoint(path):
+    """A checkpoint that train saved, as a dict of tensors and plain values, or a ValueError."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        q_network = QNetwork(make_env(checkpoint["args"]["env_id"], 1).single_action_space.n)
-        q_network.load_state_dict(checkpoint["model"])
+        checkpoint["args"], checkpoint["model"], checkpoint["global_step"]
     except Exception as error:  # whatever the file holds, the user needs one line, not a traceback
         raise ValueError(f"cannot read a checkpoint of this script from {path} ({type(error).__name__})") from None
+    return checkpoint
+
+
+def load_checkpoint(path):
+    """The Q-network and env id saved by train, or a ValueError."""
+    checkpoint = read_checkpoint(path)
+    try:
+        q_network = QNetwork(make_env(checkpoint["args"]["env_id"], 1).single_action_space.n)
+        q_network.load_state_dict(checkpoint["model"])
+    except Exception as error:
+        raise ValueError(f"cannot read a checkpoint of this script from {path} ({type(error).__name__})") from None
     return q_network, checkpoint["args"]["env_id"]
+
+
+# What a resumed run may change: its length, how often it saves, where it runs, how it is evaluated.
+RESUME_MAY_CHANGE = {"total_timesteps", "checkpoint_frequency", "cuda", "fast", "eval_episodes", "eval_epsilon"}
+
+
+def flags_given(argv):
+    """The names of the Args fields given on a command line (--learning-rate 1e-3, --learning-rate=1e-3, --no-cuda)."""
+    names = {field.name for field in fields(Args)}
+    given = set()
+    for token in argv:
+        if token.startswith("--"):
+            name = token[2:].split("=")[0].replace("-", "_")
+            given.add(name[3:] if name.startswith("no_") and name[3:] in names else name)
+    return given
+
+
+def resume_args(args, argv):
+    """For --resume: the saved run's args, with the changes argv may make, and its checkpoint; or (args, None) when
+    --resume auto finds no checkpoint yet. A ValueError for any other flag that differs from the saved run's."""
+    if args.resume == "auto" and not args.run_name:
+        raise ValueError("--resume auto needs --run-name: the name by which a restart finds the run")
+    path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt") if args.resume == "auto" else args.resume
+    if args.resume == "auto" and not os.path.exists(path):
+        return args, None
+    checkpoint = read_checkpoint(path)
+    given = flags_given(argv)
+    run_dir, run_name = os.path.split(os.path.dirname(os.path.abspath(path)))
+    if args.resume == "auto":
+        run_dir, run_name = args.run_dir, args.run_name
+    changes = {name: getattr(args, name) for name in given & RESUME_MAY_CHANGE}
+    try:
+        resumed = Args(**{**checkpoint["args"], **changes, "resume": args.resume, "run_dir": run_dir,
+                          "run_name": run_name})
+    except TypeError:
+        raise ValueError(f"{path} was saved by another version of this script: its args do not fit") from None
+    for name in sorted(given - RESUME_MAY_CHANGE - {"resume"}):
+        if getattr(args, name) != getattr(resumed, name):
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} differs from the resumed run's "
+                             f"{getattr(resumed, name)} (with --resume only --total-timesteps, --checkpoint-frequency, "
+                             "--cuda, --fast and --eval-* may change)")
+    return resumed, checkpoint
+
+
+def available_memory(proc="/proc", cgroup_root="/sys/fs/cgroup"):
+    """The bytes this process can still take: the smaller of the system's MemAvailable and, for its cgroup and each
+    one above it, the limit minus the usage (what SLURM --mem, Docker and Kubernetes set); None if none is known."""
+    free = []
+    with suppress(OSError, KeyError, ValueError):
+        with open(os.path.join(proc, "meminfo")) as meminfo:
+            free.append(int(dict(line.split(":") for line in meminfo)["MemAvailable"].split()[0]) * 1024)
+    with suppress(OSError), open(os.path.join(proc, "self", "cgroup")) as cgroups:
+        for line in cgroups:  # "0::/path" for cgroup v2, "4:memory:/path" for v1
+            _, controllers, path = line.strip().split(":", 2)
+            if controllers == "":
+                folder, limit_file, usage_file = cgroup_root, "memory.max", "memory.current"
+            elif "memory" in controllers.split(","):
+                folder, limit_file, usage_file = (os.path.join(cgroup_root, "memory"), "memory.limit_in_bytes",
+                                                  "memory.usage_in_bytes")
+            else:
+                continue
+            parts = [part for part in path.split("/") if part]
+            for depth in range(len(parts), -1, -1):  # a limit may be set on any cgroup above this one
+                with suppress(OSError, ValueError):  # a missing file, or "max": no limit there
+                    with open(os.path.join(folder, *parts[:depth], limit_file)) as limit:
+                        with open(os.path.join(folder, *parts[:depth], usage_file)) as usage:
+                            free.append(int(limit.read()) - int(usage.read()))
+    return min(free, default=None)
+
+
+def check_memory(args, available):
+    """A ValueError if the replay buffer cannot fit in `available` bytes, a warning if it fits with less than 1 GiB
+    to spare: a full buffer is reached hours into a run, where the OOM killer would end it."""
+    needed = ReplayBuffer.bytes_needed(args.buffer_size, args.num_envs)
+    if available is None:
+        return
+    if needed > available:
+        per_env = available // ReplayBuffer.bytes_needed(args.num_envs, args.num_envs)
+        raise ValueError(f"--buffer-size {args.buffer_size:,} needs {needed:,} bytes of memory, {available:,} are "
+                         f"available: the largest --buffer-size that fits is {per_env * args.num_envs:,}")
+    if available - needed < 2**30:
+        print(f"warning: the replay buffer will take {needed:,} of the {available:,} bytes of memory available")
 
 
 def check_args(args):
@@ -382,6 +559,8 @@ def check_args(args):
         (0 <= args.end_e <= args.start_e <= 1, "need 0 <= end_e <= start_e <= 1"),
         (0 <= args.eval_epsilon <= 1, "eval_epsilon must be in [0, 1]"),
         (args.eval_episodes >= bool(args.eval_checkpoint), "eval_episodes must be >= 0 (>= 1 with eval_checkpoint)"),
+        (args.checkpoint_frequency >= 0, "checkpoint_frequency must be >= 0"),
+        (not (args.resume and args.eval_checkpoint), "give --resume or --eval-checkpoint, not both"),
     ]
     failed = [message for ok, message in checks if not ok]
     if failed:
@@ -391,20 +570,34 @@ def check_args(args):
 def main():
     args = tyro.cli(Args)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they are printed
+    program = os.path.basename(sys.argv[0])
     try:
+        checkpoint = None
+        if args.resume:  # the saved run's args, with the few changes the command line may make
+            args, checkpoint = resume_args(args, sys.argv[1:])
         check_args(args)
-        checkpoint = load_checkpoint(args.eval_checkpoint) if args.eval_checkpoint else None
+        evaluated = load_checkpoint(args.eval_checkpoint) if args.eval_checkpoint else None
+        if evaluated is None:
+            check_memory(args, available_memory())
     except ValueError as error:
-        print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+        print(f"{program}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    if checkpoint and checkpoint["global_step"] >= args.total_timesteps:
+        print(f"the run in {os.path.join(args.run_dir, args.run_name)} is done: it reached its "
+              f"{args.total_timesteps:,} steps (a larger --total-timesteps extends it)")
+        return
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        if checkpoint is None:
-            train(args)
+        if evaluated is None:
+            train(args, checkpoint=checkpoint)
         else:
-            (q_network, env_id), device = checkpoint, pick_device(args)
+            (q_network, env_id), device = evaluated, pick_device(args)
             evaluate(q_network.to(device), env_id, args.eval_episodes, args.eval_epsilon, device, args.seed)
-    except KeyboardInterrupt:  # the checkpoint and the logs were saved on the way out
-        sys.exit(130)
+    except KeyboardInterrupt as stop:  # the checkpoint and the logs were saved on the way out
+        sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + the signal's number, as a shell reports
+    except FloatingPointError as error:
+        print(f"{program}: error: {error}; the checkpoint on disk is the last with finite weights", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -392,7 +392,7 @@ def test_fast_path_computes_what_the_plain_one_does(device, monkeypatch):
     for fast in (False, True):
         torch.manual_seed(0)
         learners.append(dqn_atari.make_learner(6, Args(fast=fast, learning_rate=lr), device))
-    (plain_net, _, plain_greedy, plain_update), (fast_net, _, fast_greedy, fast_update) = learners
+    (plain_net, _, _, plain_greedy, plain_update), (fast_net, _, _, fast_greedy, fast_update) = learners
     assert fast_net.network[0].weight.is_contiguous(memory_format=torch.channels_last)
     start = [p.detach().clone() for p in plain_net.parameters()]
     rng = np.random.default_rng(0)
