@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import asdict as dataclasses_asdict
 
 import gymnasium as gym
 import numpy as np
@@ -253,6 +254,13 @@ def test_buffer_bytes_per_transition(capacity, num_envs):
     naive = 2 * 4 * 84 * 84  # obs and next_obs stored whole
     assert nbytes / capacity <= 7_100
     assert naive / (nbytes / capacity) > 3.9
+
+
+@pytest.mark.parametrize("capacity, num_envs", [(1000, 1), (1003, 4)])
+def test_buffer_bytes_needed_is_what_its_arrays_take(capacity, num_envs):
+    rb = ReplayBuffer(capacity, num_envs)
+    nbytes = sum(v.nbytes for v in vars(rb).values() if isinstance(v, np.ndarray) and v.ndim > 1)
+    assert ReplayBuffer.bytes_needed(capacity, num_envs) == nbytes
 
 
 def test_buffer_sampling_is_uniform():
@@ -588,6 +596,215 @@ def test_bad_checkpoint_exits_2_with_one_line(tmp_path):
     for path in [str(bogus), str(tmp_path / "missing.pt")]:
         result = run_script("--eval-checkpoint", path)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+
+
+# ---------------------------------------------------------------- long runs: stops, checkpoints, resumes, memory
+
+
+def read_lines_until(stream, prefix, count=1):
+    """Reads a subprocess's output up to the count-th line that starts with prefix; returns that line."""
+    for line in stream:
+        if line.startswith(prefix):
+            count -= 1
+            if count == 0:
+                return line
+    raise AssertionError(f"the process ended before printing {prefix!r}")
+
+
+def test_sigterm_saves_then_resume_goes_on_in_the_same_folder_logging_each_step_once(tmp_path):
+    """SIGTERM in the learning phase: exit 143, one line, a checkpoint of the step where it stopped, the logs flushed.
+    Then --resume from an earlier checkpoint of that run (what a kill -9 leaves): it refills its buffer, learns on
+    to total_timesteps in the same folder, and what the stopped process logged after that checkpoint is dropped."""
+    argv = ["--env-id", "PongNoFrameskip-v4", "--total-timesteps", "4000", "--learning-starts", "500",
+            "--buffer-size", "5000", "--checkpoint-frequency", "500", "--eval-episodes", "0",
+            "--run-dir", str(tmp_path), "--run-name", "pong", "--no-cuda"]
+    proc = subprocess.Popen([sys.executable, SCRIPT, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "pong"
+    read_lines_until(proc.stdout, "step ")  # ~10 s in: learning, and periodic checkpoints were written
+    (run / "checkpoint.pt").rename(run / "early.pt")
+    early = torch.load(run / "early.pt", weights_only=True)["global_step"]
+    read_lines_until(proc.stdout, "step ")  # 10 s on: the run has logged losses past the early checkpoint
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err == "", err
+    (said,) = [line for line in out.splitlines() if line.startswith("SIGTERM")]
+    stopped_at = int(said.split("step ")[1].split(":")[0].replace(",", ""))
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["global_step"] == stopped_at > early >= 500
+    logged = logged_steps(run)  # flushed on the way out
+    assert logged["charts/SPS"] and any(early < step <= early + 500 for step in logged["losses/td_loss"])
+
+    result = run_script("--resume", str(run / "early.pt"), "--no-cuda")
+    assert result.returncode == 0, result.stderr
+    assert f"going on from step {early:,}" in result.stdout
+    assert sorted(os.listdir(tmp_path)) == ["pong"]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["global_step"] == 4000
+    logged = logged_steps(run)
+    for tag in ["charts/SPS", "charts/episodic_return", "losses/td_loss"]:
+        assert logged[tag] == sorted(set(logged[tag])), tag  # each step once, in order
+    # The resumed run learns only after refilling 500 steps: any loss logged there was the stopped process's.
+    assert not any(early < step <= early + 500 for step in logged["losses/td_loss"])
+    assert min(step for step in logged["losses/td_loss"] if step > early) > early + 500
+    assert logged["losses/td_loss"][-1] > stopped_at
+
+
+def logged_steps(run):
+    """The steps of every scalar tag in a run folder, all its event files read in order, as TensorBoard does."""
+    acc = EventAccumulator(str(run)).Reload()
+    return {tag: [e.step for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_resume_restores_weights_optimizer_and_random_streams(tmp_path, monkeypatch):
+    args = catch_args(tmp_path, total_timesteps=650, run_name="catch", checkpoint_frequency=500)
+    dqn_atari.train(args, Catch(1))
+    saved = torch.load(tmp_path / "catch" / "checkpoint.pt", weights_only=True)
+    assert saved["global_step"] == 650 and saved["produced_by"]["torch"] == torch.__version__
+    q_network, target_network, optimizer, _, _ = dqn_atari.make_learner(3, args, torch.device("cpu"), saved)
+    for name, tensor in q_network.state_dict().items():
+        assert torch.equal(tensor, saved["model"][name])
+        assert not torch.equal(target_network.state_dict()[name], tensor)  # synced at step 600, not 650
+        assert torch.equal(target_network.state_dict()[name], saved["target_model"][name])
+    restored = optimizer.state_dict()
+    assert restored["param_groups"][0]["lr"] == args.learning_rate
+    for index, state in saved["optimizer"]["state"].items():
+        for key in ["step", "exp_avg", "exp_avg_sq"]:
+            assert torch.equal(restored["state"][index][key], state[key]), key
+
+    states = []
+    epsilon_greedy = dqn_atari.epsilon_greedy
+    monkeypatch.setattr(dqn_atari, "epsilon_greedy", lambda *a: states.append(a[4].bit_generator.state) or
+                        epsilon_greedy(*a))
+    dqn_atari.train(dqn_atari.Args(**{**saved["args"], "total_timesteps": 750}), Catch(1), saved)
+    assert states[0] == saved["rng"][0] != np.random.default_rng(args.seed).spawn(2)[0].bit_generator.state
+
+
+def resume_argv(tmp_path, *argv):
+    args = dqn_atari.tyro.cli(Args, args=list(argv))
+    return dqn_atari.resume_args(args, list(argv))
+
+
+def test_resume_keeps_the_saved_args_and_takes_only_the_allowed_changes(tmp_path):
+    path = tmp_path / "run" / "checkpoint.pt"
+    path.parent.mkdir()
+    saved = Args(env_id="PongNoFrameskip-v4", learning_rate=5e-4, total_timesteps=1000, learning_starts=100)
+    torch.save({"model": {}, "args": dataclasses_asdict(saved), "global_step": 500}, path)
+
+    args, checkpoint = resume_argv(tmp_path, "--resume", str(path), "--total-timesteps", "2000", "--no-cuda",
+                                   "--eval-episodes=3", "--learning-rate", "5e-4", "--env-id", "PongNoFrameskip-v4")
+    assert checkpoint["global_step"] == 500
+    assert (args.total_timesteps, args.cuda, args.eval_episodes) == (2000, False, 3)  # allowed changes
+    assert (args.learning_rate, args.learning_starts, args.env_id) == (5e-4, 100, "PongNoFrameskip-v4")  # kept
+    assert os.path.join(args.run_dir, args.run_name) == str(path.parent)  # the run goes on in its folder
+    for refused in [["--learning-rate", "1e-4"], ["--seed", "2"], ["--no-torch-deterministic"],
+                    ["--buffer-size=10"], ["--run-name", "other"]]:
+        flag = refused[0].split("=")[0].replace("no-", "")
+        with pytest.raises(ValueError, match=f"{flag} .* differs from the resumed run's"):
+            resume_argv(tmp_path, "--resume", str(path), *refused)
+
+
+def test_one_command_starts_a_run_and_restarts_it(tmp_path):
+    """The job script's command: --resume auto with a fixed --run-name starts the run when it has no checkpoint, goes
+    on from its checkpoint when it has one, and does nothing (exit 0) once the run is done."""
+    argv = ["--env-id", "PongNoFrameskip-v4", "--total-timesteps", "1200", "--learning-starts", "1000",
+            "--buffer-size", "5000", "--eval-episodes", "0", "--run-dir", str(tmp_path), "--run-name", "job",
+            "--resume", "auto", "--no-cuda"]
+    first = run_script(*argv)
+    assert first.returncode == 0 and "going on" not in first.stdout, first.stderr
+    again = run_script(*argv)
+    assert again.returncode == 0 and "is done" in again.stdout and "logs and checkpoints" not in again.stdout
+    longer = run_script(*argv[:3], "1400", *argv[4:])  # a larger --total-timesteps extends it
+    assert longer.returncode == 0 and "going on from step 1,200" in longer.stdout, longer.stderr
+    assert torch.load(tmp_path / "job" / "checkpoint.pt", weights_only=True)["global_step"] == 1400
+    assert sorted(os.listdir(tmp_path)) == ["job"]
+    result = run_script("--resume", "auto", "--run-dir", str(tmp_path))
+    assert result.returncode == 2 and "--run-name" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_failed_write_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint.pt")
+    first = {"model": {"w": torch.ones(3)}, "global_step": 1}
+    dqn_atari.save_checkpoint(path, first)
+
+    def save_half_then_fail(obj, file):
+        file.write(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError):
+        dqn_atari.save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "global_step": 2})
+    assert torch.load(path, weights_only=True)["global_step"] == 1
+    with pytest.raises(FloatingPointError, match="not finite at step 3"):
+        dqn_atari.save_checkpoint(path, {"model": {"w": torch.tensor([1.0, float("nan")])}, "global_step": 3})
+    assert torch.load(path, weights_only=True)["global_step"] == 1
+
+
+def test_a_nan_loss_stops_the_run_with_exit_1_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch, capsys):
+    calls = []
+    td_loss = dqn_atari.td_loss
+
+    def nan_from_the_200th_update(*a):
+        calls.append(1)
+        loss, q_values = td_loss(*a)
+        return (loss * float("nan") if len(calls) >= 200 else loss), q_values
+
+    monkeypatch.setattr(dqn_atari, "td_loss", nan_from_the_200th_update)
+    monkeypatch.setattr(sys, "argv", ["dqn_atari.py", "--env-id", "PongNoFrameskip-v4", "--total-timesteps", "3000",
+                                      "--learning-starts", "500", "--buffer-size", "5000", "--checkpoint-frequency",
+                                      "1000", "--run-dir", str(tmp_path), "--run-name", "nan", "--no-cuda"])
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            dqn_atari.main()
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1
+    assert "the TD loss is nan at step 1,300" in err  # the 200th update: step 500 + 200 * 4
+    saved = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
+    assert saved["global_step"] == 1000 and all(w.isfinite().all() for w in saved["model"].values())
+
+
+def test_a_buffer_larger_than_memory_is_refused_at_once(tmp_path):
+    result = run_script("--buffer-size", "100_000_000_000", "--run-dir", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--buffer-size 100,000,000,000 needs 707,000,000,000,000 bytes" in result.stderr
+    assert "the largest --buffer-size that fits is" in result.stderr
+    assert not os.listdir(tmp_path)  # no run folder, no envs, no networks
+
+
+def fake_machine(tmp_path, meminfo_kb, cgroup_line, files):
+    """A /proc and a /sys/fs/cgroup with the given MemAvailable, /proc/self/cgroup line and cgroup files."""
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    if meminfo_kb is not None:
+        (tmp_path / "proc" / "meminfo").write_text(f"MemTotal: 99999999 kB\nMemAvailable: {meminfo_kb} kB\n")
+    (tmp_path / "proc" / "self" / "cgroup").write_text(cgroup_line + "\n")
+    for name, text in files.items():
+        (tmp_path / "cgroup" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cgroup" / name).write_text(text)
+    return dqn_atari.available_memory(str(tmp_path / "proc"), str(tmp_path / "cgroup"))
+
+
+def test_available_memory_is_the_smaller_of_system_and_cgroup(tmp_path):
+    gib = 2**30
+    # cgroup v2, the limit on the job's cgroup above the process's own ("max": none there)
+    v2 = {"job/step/memory.max": "max", "job/step/memory.current": str(gib),
+          "job/memory.max": str(4 * gib), "job/memory.current": str(gib)}
+    assert fake_machine(tmp_path / "a", 10 * 2**20, "0::/job/step", v2) == 3 * gib
+    assert fake_machine(tmp_path / "b", 2 * 2**20, "0::/job/step", v2) == 2 * gib  # the system has less
+    # cgroup v1 (Docker, older SLURM), the limit on the process's own cgroup
+    v1 = {"memory/docker/memory.limit_in_bytes": str(6 * gib), "memory/docker/memory.usage_in_bytes": str(gib)}
+    assert fake_machine(tmp_path / "c", 10 * 2**20, "4:memory:/docker\n3:cpu:/docker", v1) == 5 * gib
+    assert fake_machine(tmp_path / "d", None, "0::/", {}) is None  # nothing known: no check
+
+
+def test_a_buffer_that_barely_fits_gets_a_warning(capsys):
+    args = Args(buffer_size=100_000)
+    needed = ReplayBuffer.bytes_needed(100_000, 1)
+    dqn_atari.check_memory(args, needed + 2**29)
+    assert capsys.readouterr().out.startswith("warning: the replay buffer will take 707,000,000 of the")
+    dqn_atari.check_memory(args, needed + 2**31)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ValueError, match="the largest --buffer-size that fits is 99,999"):
+        dqn_atari.check_memory(args, needed - 1)
 
 
 # ---------------------------------------------------------------- the benchmark
