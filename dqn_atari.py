@@ -39,12 +39,13 @@ class Args:
     run_name: str = ""
     """the run's folder in run_dir (default: <env_id>__<exp_name>__<seed>__<unix time>)"""
     checkpoint_frequency: int = 100_000
-    """agent steps between checkpoints (0: only at the end); each write replaces the last one atomically"""
+    """agent steps between checkpoints (0: at the end only); each replaces the last atomically"""
     resume: str = ""
-    """continue the run that wrote this checkpoint, in its folder, to its total_timesteps; "auto": continue
-    <run_dir>/<run_name>/checkpoint.pt if it is there, else start that run (one command for a job that a
-    scheduler restarts). Other flags given with it must equal the saved run's, except --total-timesteps (to
-    extend a run), --checkpoint-frequency, --cuda, --fast, --eval-episodes and --eval-epsilon"""
+    """go on with the run that saved this checkpoint, in its folder; "auto": with
+    <run_dir>/<run_name>/checkpoint.pt if it is there, else start that run (one command for a job
+    that a scheduler restarts). A finished run does nothing unless --total-timesteps is larger.
+    Other flags given with it must equal the saved run's, except --total-timesteps,
+    --checkpoint-frequency, --cuda, --fast, --eval-episodes and --eval-epsilon"""
     eval_checkpoint: str = ""
     """if set, evaluate this checkpoint on the game it was trained on, then exit (no training)"""
     env_id: str = "BreakoutNoFrameskip-v4"
@@ -137,7 +138,7 @@ class ReplayBuffer:
 
     @staticmethod
     def bytes_needed(capacity, num_envs, frame_shape=(84, 84)):
-        """The memory the arrays below take once filled: a frame, an action, a reward and two flags per slot."""
+        """The bytes of the arrays below: a frame, an action, a reward and 2 flags a slot."""
         return capacity // num_envs * num_envs * (int(np.prod(frame_shape)) + 8 + 4 + 1 + 1)
 
     def __init__(self, capacity, num_envs, frame_shape=(84, 84), stack=4, seed=None):
@@ -247,8 +248,8 @@ class CUDAGraph:
 
 
 def make_learner(num_actions, args, device, checkpoint=None):
-    """The Q-network, its target network, their optimizer, and the two functions the loop calls: greedy (acting)
-    and update (one gradient step); from a checkpoint's weights and optimizer state where one is given.
+    """The Q-network, its target network, their optimizer (from a checkpoint's state where one is
+    given), and the two functions the loop calls: greedy (acting) and update (one gradient step).
     args.fast changes how fast they run, not what they compute (a test compares the two)."""
     layout = torch.channels_last if args.fast else torch.contiguous_format  # NHWC: faster convolutions (14% on CPU)
     q_network = QNetwork(num_actions).to(device, memory_format=layout)
@@ -264,7 +265,7 @@ def make_learner(num_actions, args, device, checkpoint=None):
         q_network.load_state_dict(checkpoint["model"])
         target_network.load_state_dict(checkpoint["target_model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        optimizer.param_groups[0].update(fused=args.fast, capturable=graphs)  # this run's path, not the saved one's
+        optimizer.param_groups[0].update(fused=args.fast, capturable=graphs)  # this run's path
     warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")  # the 3 warm-up calls
 
     def update(*batch):
@@ -292,30 +293,42 @@ def evaluate(q_network, env_id, episodes, epsilon, device, seed):
     return scores
 
 
-def produced_by(device):
-    """What made a checkpoint: this file's last git commit (where it is in a repository), the libraries, the device."""
+def git(*argv):
+    """What a git command prints about this file, run in its folder; "" where there is no git."""
     folder, name = os.path.split(os.path.abspath(__file__))
-    try:  # the last commit of this file, and whether it has changed since
-        commit, changed = (subprocess.run(["git", *argv, "--", name], cwd=folder, capture_output=True, text=True)
-                           .stdout.strip() for argv in (["log", "-1", "--format=%H"], ["status", "--porcelain"]))
-    except OSError:  # no git
-        commit, changed = "", ""
-    if commit and changed:
+    try:
+        return subprocess.run(["git", *argv, "--", name], cwd=folder, capture_output=True,
+                              text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def produced_by(device):
+    """What made a checkpoint: this file's last commit (in a git repository), libraries, device."""
+    commit = git("log", "-1", "--format=%H")
+    if commit and git("status", "--porcelain"):
         commit += " + uncommitted changes"
-    return {"git_commit": commit or None, "torch": str(torch.__version__), "gymnasium": gym.__version__,
-            "ale_py": ale_py.__version__, "device": str(device)}
+    return {
+        "git_commit": commit or None,
+        "torch": str(torch.__version__),
+        "gymnasium": gym.__version__,
+        "ale_py": ale_py.__version__,
+        "device": str(device),
+    }
 
 
 def save_checkpoint(path, checkpoint):
-    """Writes to a temporary file beside path, then renames it over path: a kill at any instant (a crash, kill -9, a
-    second Ctrl-C) leaves the last complete checkpoint readable. Weights that are not all finite are never written."""
+    """Writes to a temporary file beside path, then renames it over path: a kill at any instant (a
+    crash, kill -9, a second Ctrl-C) leaves the last complete checkpoint readable. Weights that are
+    not all finite are never written."""
     if not all(weights.isfinite().all() for weights in checkpoint["model"].values()):
-        raise FloatingPointError(f"the Q-network's weights are not finite at step {checkpoint['global_step']:,}")
+        step = checkpoint["global_step"]
+        raise FloatingPointError(f"the Q-network's weights are not finite at step {step:,}")
     temporary = path + ".tmp"
     with open(temporary, "wb") as file:
         torch.save(checkpoint, file)
         file.flush()
-        os.fsync(file.fileno())  # on the disk before the rename, so a power cut leaves the old file or the new one
+        os.fsync(file.fileno())  # on the disk before the rename: a power cut keeps one whole file
     os.replace(temporary, path)  # atomic
 
 
@@ -326,7 +339,7 @@ def pick_device(args):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's time limit or preemption, docker stop, kill) stops a run as Ctrl-C does."""
+    """SIGTERM (a scheduler's time limit or preemption, docker stop, kill): stop as on Ctrl-C."""
 
 
 def raise_terminated(signum, frame):
@@ -334,16 +347,17 @@ def raise_terminated(signum, frame):
 
 
 def train(args, envs=None, checkpoint=None):
-    """Trains DQN on make_env's envs, or on `envs` (a test's synthetic game), from the start or from a checkpoint
-    that train saved; returns the network and the buffer."""
+    """Trains DQN on make_env's envs, or on `envs` (a test's synthetic game), from the start or from
+    a checkpoint that train saved; returns the network and the buffer."""
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = pick_device(args)
-    run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    env_name = args.env_id.replace("/", "-")
+    run_name = args.run_name or f"{env_name}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_path = os.path.join(args.run_dir, run_name)
     checkpoint_path = os.path.join(run_path, "checkpoint.pt")
     start_step = checkpoint["global_step"] if checkpoint else 0
-    # A resumed run drops what its stopped process logged after the checkpoint, so each step is logged once.
+    # A resumed run drops what its stopped process logged after the checkpoint: each step once.
     writer = SummaryWriter(run_path, purge_step=start_step + 1 if checkpoint else None)
     if checkpoint is None:
         table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
@@ -351,7 +365,8 @@ def train(args, envs=None, checkpoint=None):
 
     envs = make_env(args.env_id, args.num_envs) if envs is None else envs
     num_envs, num_actions = envs.num_envs, envs.single_action_space.n
-    q_network, target_network, optimizer, greedy, update = make_learner(num_actions, args, device, checkpoint)
+    learner = make_learner(num_actions, args, device, checkpoint)
+    q_network, target_network, optimizer, greedy, update = learner
     rng, replay_rng = np.random.default_rng(args.seed).spawn(2)  # independent streams: acting, replay sampling
     if checkpoint:  # the streams go on where they were, they do not start again from the seed
         rng.bit_generator.state, replay_rng.bit_generator.state = checkpoint["rng"]
@@ -371,11 +386,13 @@ def train(args, envs=None, checkpoint=None):
     lives, resetting = infos["lives"], np.zeros(num_envs, np.bool_)
     episode_return, episode_length = np.zeros(num_envs), np.zeros(num_envs, np.int64)
     recent_returns = deque(checkpoint["recent_returns"] if checkpoint else [], maxlen=20)
-    global_step, updates, exploration_steps = start_step, 0, args.exploration_fraction * args.total_timesteps
-    learning_starts = start_step + args.learning_starts  # a resumed run first fills its empty buffer again
+    global_step, updates = start_step, 0
+    exploration_steps = args.exploration_fraction * args.total_timesteps
+    learning_starts = start_step + args.learning_starts  # a resumed run first refills its buffer
     last_print, last_print_step = time.time(), global_step
     stop = None  # Ctrl-C or SIGTERM, if one ends the loop
-    print(f"logs and checkpoints go to {run_path}" + (f", going on from step {start_step:,}" if checkpoint else ""))
+    going_on = f", going on from step {start_step:,}" if checkpoint else ""
+    print(f"logs and checkpoints go to {run_path}{going_on}")
     try:
         while global_step < args.total_timesteps:
             epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
@@ -388,8 +405,9 @@ def train(args, envs=None, checkpoint=None):
                 for _ in range(global_step // args.train_frequency - steps_before // args.train_frequency):
                     loss, q_mean = update(*(to_device(x, device) for x in rb.sample(args.batch_size)))
                     updates += 1
-                    if not loss.isfinite():  # on a GPU a wait for the update, while the envs step
-                        raise FloatingPointError(f"the TD loss is {loss.item()} at step {global_step:,}")
+                    if not loss.isfinite():  # on a GPU: a wait for the update, while the envs step
+                        message = f"the TD loss is {loss.item()} at step {global_step:,}"
+                        raise FloatingPointError(message)
                     if updates % 25 == 0:  # reading a result from a GPU makes the host wait: now and then only
                         writer.add_scalar("losses/td_loss", loss.item(), global_step)
                         writer.add_scalar("losses/q_values", q_mean.item(), global_step)
@@ -411,8 +429,8 @@ def train(args, envs=None, checkpoint=None):
             rb.add(obs, next_obs, actions, np.clip(rewards, -1, 1), terminations | life_lost, truncations)
             obs, lives, resetting = next_obs, infos["lives"], game_over
 
-            if args.checkpoint_frequency and (
-                    global_step // args.checkpoint_frequency > steps_before // args.checkpoint_frequency):
+            every = args.checkpoint_frequency
+            if every and global_step // every > steps_before // every:
                 save(global_step)
             if time.time() - last_print >= 10:
                 sps = (global_step - last_print_step) / (time.time() - last_print)
@@ -425,10 +443,11 @@ def train(args, envs=None, checkpoint=None):
     except KeyboardInterrupt as interrupt:
         stop = interrupt
     finally:
-        writer.flush()  # whatever ends the loop (a NaN loss or a crash too), what it logged is on the disk
-    save(global_step)  # at the end, and on Ctrl-C or SIGTERM: the checkpoint and the logs are what a run promises
-    stopped_by = "" if stop is None else ("SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C") + ", "
-    print(f"{stopped_by}step {global_step:,}: checkpoint saved to {checkpoint_path}, logs flushed")
+        writer.flush()  # whatever ends the loop (a NaN loss, a crash), its logs are on the disk
+    save(global_step)  # at the end, and on Ctrl-C or SIGTERM: what a run promises
+    if stop is not None:
+        print("SIGTERM, " if isinstance(stop, Terminated) else "Ctrl-C, ", end="")
+    print(f"step {global_step:,}: checkpoint saved to {checkpoint_path}, logs flushed")
     if stop is not None:
         raise stop
 
@@ -440,13 +459,17 @@ def train(args, envs=None, checkpoint=None):
     return q_network, rb
 
 
+def not_a_checkpoint(path, error):
+    return f"cannot read a checkpoint of this script from {path} ({type(error).__name__})"
+
+
 def read_checkpoint(path):
     """A checkpoint that train saved, as a dict of tensors and plain values, or a ValueError."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         checkpoint["args"], checkpoint["model"], checkpoint["global_step"]
     except Exception as error:  # whatever the file holds, the user needs one line, not a traceback
-        raise ValueError(f"cannot read a checkpoint of this script from {path} ({type(error).__name__})") from None
+        raise ValueError(not_a_checkpoint(path, error)) from None
     return checkpoint
 
 
@@ -457,16 +480,18 @@ def load_checkpoint(path):
         q_network = QNetwork(make_env(checkpoint["args"]["env_id"], 1).single_action_space.n)
         q_network.load_state_dict(checkpoint["model"])
     except Exception as error:
-        raise ValueError(f"cannot read a checkpoint of this script from {path} ({type(error).__name__})") from None
+        raise ValueError(not_a_checkpoint(path, error)) from None
     return q_network, checkpoint["args"]["env_id"]
 
 
 # What a resumed run may change: its length, how often it saves, where it runs, how it is evaluated.
-RESUME_MAY_CHANGE = {"total_timesteps", "checkpoint_frequency", "cuda", "fast", "eval_episodes", "eval_epsilon"}
+RESUME_MAY_CHANGE = {
+    "total_timesteps", "checkpoint_frequency", "cuda", "fast", "eval_episodes", "eval_epsilon"
+}
 
 
 def flags_given(argv):
-    """The names of the Args fields given on a command line (--learning-rate 1e-3, --learning-rate=1e-3, --no-cuda)."""
+    """The Args fields a command line names (--learning-rate 1e-3, --gamma=0.9, --no-cuda)."""
     names = {field.name for field in fields(Args)}
     given = set()
     for token in argv:
@@ -477,51 +502,54 @@ def flags_given(argv):
 
 
 def resume_args(args, argv):
-    """For --resume: the saved run's args, with the changes argv may make, and its checkpoint; or (args, None) when
-    --resume auto finds no checkpoint yet. A ValueError for any other flag that differs from the saved run's."""
-    if args.resume == "auto" and not args.run_name:
-        raise ValueError("--resume auto needs --run-name: the name by which a restart finds the run")
-    path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt") if args.resume == "auto" else args.resume
-    if args.resume == "auto" and not os.path.exists(path):
+    """For --resume: the saved run's args, with the changes argv may make, and its checkpoint; or
+    (args, None) where --resume auto finds no checkpoint yet. A ValueError for any other flag that
+    differs from the saved run's."""
+    auto = args.resume == "auto"
+    if auto and not args.run_name:
+        raise ValueError("--resume auto needs --run-name: the name a restart finds the run by")
+    path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt") if auto else args.resume
+    if auto and not os.path.exists(path):
         return args, None
     checkpoint = read_checkpoint(path)
     given = flags_given(argv)
     run_dir, run_name = os.path.split(os.path.dirname(os.path.abspath(path)))
-    if args.resume == "auto":
+    if auto:
         run_dir, run_name = args.run_dir, args.run_name
     changes = {name: getattr(args, name) for name in given & RESUME_MAY_CHANGE}
+    where = {"resume": args.resume, "run_dir": run_dir, "run_name": run_name}
     try:
-        resumed = Args(**{**checkpoint["args"], **changes, "resume": args.resume, "run_dir": run_dir,
-                          "run_name": run_name})
+        resumed = Args(**{**checkpoint["args"], **changes, **where})
     except TypeError:
-        raise ValueError(f"{path} was saved by another version of this script: its args do not fit") from None
+        raise ValueError(f"{path} was saved by another version of this script") from None
     for name in sorted(given - RESUME_MAY_CHANGE - {"resume"}):
         if getattr(args, name) != getattr(resumed, name):
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} differs from the resumed run's "
-                             f"{getattr(resumed, name)} (with --resume only --total-timesteps, --checkpoint-frequency, "
-                             "--cuda, --fast and --eval-* may change)")
+            raise ValueError(
+                f"--{name.replace('_', '-')} {getattr(args, name)} differs from the resumed run's "
+                f"{getattr(resumed, name)} (see --resume in --help for what may change)")
     return resumed, checkpoint
 
 
 def available_memory(proc="/proc", cgroup_root="/sys/fs/cgroup"):
-    """The bytes this process can still take: the smaller of the system's MemAvailable and, for its cgroup and each
-    one above it, the limit minus the usage (what SLURM --mem, Docker and Kubernetes set); None if none is known."""
+    """The bytes this process can still take: the smaller of the system's MemAvailable and, for its
+    cgroup and each one above it, the limit minus the usage (what SLURM --mem, Docker and
+    Kubernetes set); None where none can be read."""
     free = []
-    with suppress(OSError, KeyError, ValueError):
-        with open(os.path.join(proc, "meminfo")) as meminfo:
-            free.append(int(dict(line.split(":") for line in meminfo)["MemAvailable"].split()[0]) * 1024)
+    with suppress(OSError, KeyError, ValueError), open(os.path.join(proc, "meminfo")) as meminfo:
+        fields_kb = dict(line.split(":") for line in meminfo)
+        free.append(int(fields_kb["MemAvailable"].split()[0]) * 1024)
     with suppress(OSError), open(os.path.join(proc, "self", "cgroup")) as cgroups:
         for line in cgroups:  # "0::/path" for cgroup v2, "4:memory:/path" for v1
             _, controllers, path = line.strip().split(":", 2)
             if controllers == "":
                 folder, limit_file, usage_file = cgroup_root, "memory.max", "memory.current"
             elif "memory" in controllers.split(","):
-                folder, limit_file, usage_file = (os.path.join(cgroup_root, "memory"), "memory.limit_in_bytes",
-                                                  "memory.usage_in_bytes")
+                folder = os.path.join(cgroup_root, "memory")
+                limit_file, usage_file = "memory.limit_in_bytes", "memory.usage_in_bytes"
             else:
                 continue
             parts = [part for part in path.split("/") if part]
-            for depth in range(len(parts), -1, -1):  # a limit may be set on any cgroup above this one
+            for depth in range(len(parts), -1, -1):  # a limit may be set on any cgroup above
                 with suppress(OSError, ValueError):  # a missing file, or "max": no limit there
                     with open(os.path.join(folder, *parts[:depth], limit_file)) as limit:
                         with open(os.path.join(folder, *parts[:depth], usage_file)) as usage:
@@ -530,17 +558,19 @@ def available_memory(proc="/proc", cgroup_root="/sys/fs/cgroup"):
 
 
 def check_memory(args, available):
-    """A ValueError if the replay buffer cannot fit in `available` bytes, a warning if it fits with less than 1 GiB
-    to spare: a full buffer is reached hours into a run, where the OOM killer would end it."""
+    """A ValueError if the replay buffer cannot fit in `available` bytes, a warning if it fits with
+    less than 1 GiB to spare: the buffer fills hours into a run, where the OOM killer strikes."""
     needed = ReplayBuffer.bytes_needed(args.buffer_size, args.num_envs)
     if available is None:
         return
     if needed > available:
         per_env = available // ReplayBuffer.bytes_needed(args.num_envs, args.num_envs)
-        raise ValueError(f"--buffer-size {args.buffer_size:,} needs {needed:,} bytes of memory, {available:,} are "
-                         f"available: the largest --buffer-size that fits is {per_env * args.num_envs:,}")
+        raise ValueError(
+            f"--buffer-size {args.buffer_size:,} needs {needed:,} bytes of memory, "
+            f"{available:,} are available: the largest --buffer-size that fits is "
+            f"{per_env * args.num_envs:,}")
     if available - needed < 2**30:
-        print(f"warning: the replay buffer will take {needed:,} of the {available:,} bytes of memory available")
+        print(f"warning: the replay buffer will take {needed:,} of {available:,} bytes available")
 
 
 def check_args(args):
@@ -560,7 +590,7 @@ def check_args(args):
         (0 <= args.eval_epsilon <= 1, "eval_epsilon must be in [0, 1]"),
         (args.eval_episodes >= bool(args.eval_checkpoint), "eval_episodes must be >= 0 (>= 1 with eval_checkpoint)"),
         (args.checkpoint_frequency >= 0, "checkpoint_frequency must be >= 0"),
-        (not (args.resume and args.eval_checkpoint), "give --resume or --eval-checkpoint, not both"),
+        (not (args.resume and args.eval_checkpoint), "give --resume or --eval-checkpoint"),
     ]
     failed = [message for ok, message in checks if not ok]
     if failed:
@@ -594,9 +624,10 @@ def main():
             (q_network, env_id), device = evaluated, pick_device(args)
             evaluate(q_network.to(device), env_id, args.eval_episodes, args.eval_epsilon, device, args.seed)
     except KeyboardInterrupt as stop:  # the checkpoint and the logs were saved on the way out
-        sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + the signal's number, as a shell reports
+        sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + the signal, as shells say
     except FloatingPointError as error:
-        print(f"{program}: error: {error}; the checkpoint on disk is the last with finite weights", file=sys.stderr)
+        kept = "the checkpoint on disk is the last with finite weights"
+        print(f"{program}: error: {error}; {kept}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -800,7 +800,7 @@ def test_a_buffer_that_barely_fits_gets_a_warning(capsys):
     args = Args(buffer_size=100_000)
     needed = ReplayBuffer.bytes_needed(100_000, 1)
     dqn_atari.check_memory(args, needed + 2**29)
-    assert capsys.readouterr().out.startswith("warning: the replay buffer will take 707,000,000 of the")
+    assert capsys.readouterr().out.startswith("warning: the replay buffer will take 707,000,000 of ")
     dqn_atari.check_memory(args, needed + 2**31)
     assert capsys.readouterr().out == ""
     with pytest.raises(ValueError, match="the largest --buffer-size that fits is 99,999"):
