@@ -1,12 +1,14 @@
 """Tests for dqn_atari.py. Each compares against an independent reference: a naive buffer that stores whole
 stacks, a hand-computed TD target, ale-py configured another way, or a synthetic game whose answer is known."""
 
+import csv
 import glob
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict as dataclasses_asdict
 
 import gymnasium as gym
@@ -21,6 +23,7 @@ from dqn_atari import Args, QNetwork, ReplayBuffer
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dqn_atari.py")
 BENCHMARK = os.path.join(os.path.dirname(SCRIPT), "benchmark.py")
+PLOT = os.path.join(os.path.dirname(SCRIPT), "results", "plot.py")
 
 
 # ---------------------------------------------------------------- references and a synthetic game
@@ -618,6 +621,7 @@ def test_sigterm_saves_then_resume_goes_on_in_the_same_folder_logging_each_step_
     argv = ["--env-id", "PongNoFrameskip-v4", "--total-timesteps", "4000", "--learning-starts", "500",
             "--buffer-size", "5000", "--checkpoint-frequency", "500", "--eval-episodes", "0",
             "--run-dir", str(tmp_path), "--run-name", "pong", "--no-cuda"]
+    started = time.time()
     proc = subprocess.Popen([sys.executable, SCRIPT, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "pong"
     read_lines_until(proc.stdout, "step ")  # ~10 s in: learning, and periodic checkpoints were written
@@ -633,7 +637,7 @@ def test_sigterm_saves_then_resume_goes_on_in_the_same_folder_logging_each_step_
     logged = logged_steps(run)  # flushed on the way out
     assert logged["charts/SPS"] and any(early < step <= early + 500 for step in logged["losses/td_loss"])
 
-    result = run_script("--resume", str(run / "early.pt"), "--no-cuda")
+    result = run_script("--resume", str(run / "early.pt"), "--no-cuda", "--eval-episodes", "2")
     assert result.returncode == 0, result.stderr
     assert f"going on from step {early:,}" in result.stdout
     assert sorted(os.listdir(tmp_path)) == ["pong"]
@@ -645,6 +649,23 @@ def test_sigterm_saves_then_resume_goes_on_in_the_same_folder_logging_each_step_
     assert not any(early < step <= early + 500 for step in logged["losses/td_loss"])
     assert min(step for step in logged["losses/td_loss"] if step > early) > early + 500
     assert logged["losses/td_loss"][-1] > stopped_at
+
+    # results/plot.py reads both segments as TensorBoard does, and adds up their hours without the gap
+    out = tmp_path / "curve"
+    plot = subprocess.run([sys.executable, PLOT, str(run), "--out", str(out)], capture_output=True, text=True)
+    assert plot.returncode == 0, plot.stderr
+    assert os.path.getsize(str(out) + ".png") > 10_000
+    with open(str(out) + ".csv") as file:
+        rows = list(csv.DictReader(file))
+    train = [row for row in rows if row["kind"] == "train"]
+    acc = EventAccumulator(str(run)).Reload()
+    assert [(int(r["step"]), float(r["score"])) for r in train] == [
+        (e.step, e.value) for e in acc.Scalars("charts/episodic_return")]
+    hours = [float(r["hours"]) for r in train]
+    assert hours == sorted(hours) and 0 < hours[-1] < (time.time() - started) / 3600
+    evals = [row for row in rows if row["kind"] == "eval"]
+    assert [float(r["score"]) for r in evals] == [e.value for e in acc.Scalars("eval/episodic_return")]
+    assert len(evals) == 2 and {int(r["step"]) for r in evals} == {4000}
 
 
 def logged_steps(run):

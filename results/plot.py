@@ -1,0 +1,100 @@
+"""A run's learning curve from its TensorBoard events, every resumed segment of it: a CSV and a PNG.
+
+    python results/plot.py RUN_FOLDER [--out results/pong]   ->   results/pong.csv, results/pong.png
+
+The CSV has a row per game played in training (kind "train") and per game of the final evaluation (kind
+"eval"), each with the agent step, the training hours at that step and the score. Training hours add up the
+time each process of the run spent, from its start to its last event, without the gaps between them; the
+work of a stopped process after its last checkpoint is redone by the next one, so its time counts but its
+points are replaced, as TensorBoard replaces them (purge_step). matplotlib is needed here only.
+"""
+
+import argparse
+import csv
+import glob
+import os
+
+import numpy as np
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.util.tensor_util import make_ndarray
+
+TRAIN, EVAL = "charts/episodic_return", "eval/episodic_return"
+
+
+def read_run(run_dir):
+    """The run's training games and evaluation games as lists of (step, hours, score), the last step it
+    logged in training and its training hours (the evaluation after training left out)."""
+    paths = sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*")))  # named by their start time
+    if not paths:
+        raise SystemExit(f"plot.py: error: no TensorBoard event files in {run_dir}")
+    points = {TRAIN: [], EVAL: []}
+    hours_before, final_step = 0.0, 0  # the time of the processes before this one
+    for path in paths:
+        first = last = None
+        for event in EventFileLoader(path).Load():
+            first = event.wall_time if first is None else first
+            hours = hours_before + (event.wall_time - first) / 3600
+            if all(value.tag != EVAL for value in event.summary.value):  # training, not the evaluation
+                last, final_step = event.wall_time, max(final_step, event.step)
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                for tag in points:  # a resumed process replaces what was logged from its first step on
+                    points[tag] = [p for p in points[tag] if p[0] < event.step]
+                final_step = min(final_step, event.step)
+            for value in event.summary.value:
+                if value.tag in points:
+                    points[value.tag].append((event.step, hours, float(make_ndarray(value.tensor))))
+        hours_before += (last - first) / 3600
+    return points[TRAIN], points[EVAL], final_step, hours_before
+
+
+def running_mean(scores, window=20):
+    """The mean of the last `window` games (fewer at the start): the progress line's "return"."""
+    sums = np.cumsum(np.insert(np.asarray(scores, float), 0, 0.0))
+    counts = np.minimum(np.arange(1, len(scores) + 1), window)
+    return (sums[1:] - sums[np.arange(1, len(scores) + 1) - counts]) / counts
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="the run's folder, e.g. runs/<run_name>")
+    parser.add_argument("--out", default="results/curve", help="path of the CSV and PNG, without suffix")
+    parser.add_argument("--title", default="", help="the figure's title (default: the folder's name)")
+    args = parser.parse_args()
+    train, evaluation, final_step, final_hours = read_run(args.run_dir)
+    if not train:
+        raise SystemExit(f"plot.py: error: {args.run_dir} holds no finished game yet")
+    evaluation = [(final_step, final_hours, score) for _, _, score in evaluation]  # logged at 0, 1, ...
+    with open(args.out + ".csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["kind", "step", "hours", "score"])
+        for kind, rows in (("train", train), ("eval", evaluation)):
+            writer.writerows([kind, step, f"{hours:.4f}", score] for step, hours, score in rows)
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    steps, hours, scores = (np.array(column) for column in zip(*train))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, x, label in ((axes[0], steps / 1e6, "agent steps (millions)"), (axes[1], hours, "training hours")):
+        ax.plot(x, scores, ".", color="tab:blue", alpha=0.25, markersize=3, label="a training game")
+        ax.plot(x, running_mean(scores), color="tab:blue", label="mean of the last 20 games")
+        if evaluation:
+            eval_scores = [score for _, _, score in evaluation]
+            end = final_step / 1e6 if ax is axes[0] else final_hours
+            ax.errorbar(end, np.mean(eval_scores), yerr=np.std(eval_scores), fmt="o", color="tab:red",
+                        capsize=4, label=f"final evaluation ({len(eval_scores)} games, mean +- std)")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("score (episodic return)")
+    axes[0].legend(loc="lower right", fontsize=8)
+    figure.suptitle(args.title or os.path.basename(os.path.normpath(args.run_dir)))
+    figure.tight_layout()
+    figure.savefig(args.out + ".png", dpi=100)
+    print(f"{len(train)} training games, {len(evaluation)} evaluation games, {final_step:,} steps, "
+          f"{final_hours:.2f} training hours -> {args.out}.csv, {args.out}.png")
+
+
+if __name__ == "__main__":
+    main()
