@@ -93,6 +93,7 @@ def parts(args, fast):
     random_play(envs, args.learning_starts, rng, rb)
     num_actions = envs.single_action_space.n
     settings = train_args(args, fast)
+    dqn_atari.set_process_options(settings, device)
     _, _, _, greedy, update = dqn_atari.make_learner(num_actions, settings, device)
     obs = rb.sample(args.num_envs).obs
     timed = []
@@ -120,8 +121,8 @@ class TimedEnvs:
     def __getattr__(self, name):
         return getattr(self.envs, name)
 
-    def recv(self):
-        results = self.envs.recv()
+    def step(self, actions):
+        results = self.envs.step(actions)
         self.arrivals.append(time.perf_counter())
         return results
 

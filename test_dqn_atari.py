@@ -108,12 +108,6 @@ class Catch:
                 self.lengths.append(self.t[e])
         return self.stacks.copy(), rewards, term, trunc, {"lives": self.lives.copy()}
 
-    def send(self, actions):  # ale-py's split step: the loop updates between the two
-        self.sent = actions
-
-    def recv(self):
-        return self.step(self.sent)
-
 
 def key(obs, action, reward, next_obs, done):
     return obs.tobytes(), int(action), float(reward), next_obs.tobytes(), bool(done)
@@ -278,8 +272,29 @@ def test_buffer_sampling_is_uniform():
 
 
 def test_buffer_rejects_a_capacity_too_small_for_its_envs():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="capacity 16 is too small for 4 envs"):
         ReplayBuffer(16, 4)
+
+
+def test_buffer_skips_the_reset_steps_the_loop_names_even_where_pixels_would_fool_it():
+    """A game over whose final stack ends in three black frames: its reset step's next_obs (zero padding, then the
+    first frame) is then the final stack moved on by one frame, and pixels alone would store it as a transition."""
+    rng = np.random.default_rng(0)
+    frame = lambda: rng.integers(1, 256, (1, 1, 84, 84), dtype=np.uint8)  # noqa: E731 (never black)
+    black = np.zeros((1, 1, 84, 84), np.uint8)
+    last_seen = frame()
+    before = np.concatenate([frame(), last_seen, black, black], axis=1)  # the stack a step before the end
+    final = np.concatenate([last_seen, black, black, black], axis=1)  # the game's last stack
+    reset = np.concatenate([black, black, black, frame()], axis=1)  # NEXT_STEP's reset stack
+    after = np.concatenate([reset[:, 1:], frame()], axis=1)
+    no, yes = np.zeros(1, bool), np.ones(1, bool)
+    for told in (True, False):
+        rb = ReplayBuffer(100, 1, seed=0)
+        rb.add(before, final, np.array([1]), np.array([-1.0]), yes, no, resetting=no if told else None)
+        rb.add(final, reset, np.array([2]), np.array([0.0]), no, no, resetting=yes if told else None)
+        rb.add(reset, after, np.array([3]), np.array([0.0]), no, no, resetting=no if told else None)
+        stored = set(rb.sample(300).actions.tolist())
+        assert stored == ({1, 3} if told else {1, 2, 3})  # told: the reset step (action 2) is not stored
 
 
 # ---------------------------------------------------------------- environment
@@ -328,6 +343,42 @@ def test_life_loss_does_not_reset_the_game():
             seen += 1
         obs, lives = next_obs, infos["lives"]
     assert seen > 0
+
+
+def test_training_sends_and_stores_fire_after_a_lost_life(tmp_path):
+    """Breakout waits for FIRE after a lost life: the loop sends it as the next action, stores it as that step's
+    action, and counts the step. Random play (epsilon 1) would pick FIRE by chance only a quarter of the time."""
+    args = Args(env_id="BreakoutNoFrameskip-v4", total_timesteps=2500, learning_starts=10_000, buffer_size=5000,
+                start_e=1.0, end_e=1.0, eval_episodes=0, cuda=False, run_dir=str(tmp_path))
+    _, rb = dqn_atari.train(args, dqn_atari.make_env(args.env_id, 1))
+    assert rb.written[0] > 2500  # every step stored, the FIRE steps too (plus each game's first stack)
+    slots = np.arange(rb.written[0] - 1)
+    after_a_lost_life = slots[rb.dones[0, slots] & rb.valid[0, slots + 1]]  # the game went on after a done
+    assert len(after_a_lost_life) >= 5
+    assert (rb.actions[0, after_a_lost_life + 1] == 1).all()  # FIRE is action 1 of Breakout's set
+
+
+def test_evaluation_fires_after_a_lost_life_so_a_noop_agent_loses_the_game(monkeypatch):
+    """An agent that always chooses NOOP: with FIRE after each lost life it loses its 5 lives in a few hundred
+    steps; without, the next ball is never served and the game runs to the 108,000-frame cap."""
+
+    class AlwaysNoop(torch.nn.Module):
+        def greedy(self, x):
+            return torch.zeros(len(x), dtype=torch.int64)
+
+    played = []
+    make_env = dqn_atari.make_env
+
+    def recorded_env(*a, **kw):
+        envs = make_env(*a, **kw)
+        step = envs.step
+        envs.step = lambda actions: played.append(step(actions)) or played[-1]
+        return envs
+
+    monkeypatch.setattr(dqn_atari, "make_env", recorded_env)
+    scores = dqn_atari.evaluate(AlwaysNoop(), "BreakoutNoFrameskip-v4", 1, 0.0, torch.device("cpu"), seed=0)
+    terminations, truncations = played[-1][2], played[-1][3]
+    assert terminations[0] and not truncations[0] and len(played) < 3000 and scores[0] >= 0
 
 
 def test_rewards_are_the_raw_game_score():
@@ -402,7 +453,7 @@ def test_fast_path_computes_what_the_plain_one_does(device, monkeypatch):
     learners = []
     for fast in (False, True):
         torch.manual_seed(0)
-        learners.append(dqn_atari.make_learner(6, Args(fast=fast, learning_rate=lr), device))
+        learners.append(dqn_atari.make_learner(6, Args(fast=fast, cuda_graphs=fast, learning_rate=lr), device))
     (plain_net, _, _, plain_greedy, plain_update), (fast_net, _, _, fast_greedy, fast_update) = learners
     assert fast_net.network[0].weight.is_contiguous(memory_format=torch.channels_last)
     start = [p.detach().clone() for p in plain_net.parameters()]
@@ -423,7 +474,7 @@ def test_fast_path_computes_what_the_plain_one_does(device, monkeypatch):
                 torch.testing.assert_close(q, p, rtol=0, atol=0.05 * lr)
 
 
-def test_linear_schedule():
+def test_epsilon_falls_linearly_then_stays_at_its_end_value():
     assert dqn_atari.linear_schedule(1.0, 0.1, 100, 0) == 1.0
     assert dqn_atari.linear_schedule(1.0, 0.1, 100, 50) == pytest.approx(0.55)
     assert dqn_atari.linear_schedule(1.0, 0.1, 100, 100) == pytest.approx(0.1)
@@ -495,14 +546,18 @@ def test_training_loop_learning_signals(tmp_path):
     assert logged["charts/episodic_length"] == envs.lengths
 
 
-@pytest.mark.parametrize("num_envs", [1, 3, 8])
-def test_replay_ratio_does_not_depend_on_num_envs(tmp_path, monkeypatch, num_envs):
+@pytest.mark.parametrize("num_envs, train_frequency", [(1, 4), (3, 4), (8, 4), (3, 1)])
+def test_replay_ratio_does_not_depend_on_num_envs(tmp_path, monkeypatch, num_envs, train_frequency):
+    """One update per train_frequency agent steps past learning_starts, exactly. With 3 envs, step 200 falls
+    between two vector steps (198 and 201): the first learning iteration updates only for 199..201 past 200."""
     calls = []
     td_loss = dqn_atari.td_loss
     monkeypatch.setattr(dqn_atari, "td_loss", lambda *a: calls.append(1) or td_loss(*a))
-    args = catch_args(tmp_path, total_timesteps=600, learning_starts=200, train_frequency=4, batch_size=4)
+    args = catch_args(tmp_path, total_timesteps=600, learning_starts=200, train_frequency=train_frequency,
+                      batch_size=4)
     dqn_atari.train(args, Catch(num_envs))
-    assert abs(len(calls) - (600 - 200) / 4) <= 2
+    last_step = -(-600 // num_envs) * num_envs  # the loop ends on the first vector step at or past 600
+    assert len(calls) == last_step // train_frequency - 200 // train_frequency
 
 
 def test_training_is_deterministic_on_cpu(tmp_path):
@@ -559,31 +614,35 @@ def test_ctrl_c_saves_checkpoint_and_logs(tmp_path):
         assert logged[tag], tag
 
 
-BAD_ARGS = [
-    ["--num-envs", "0"],
-    ["--batch-size", "64", "--buffer-size", "32"],
-    ["--learning-starts", "16"],
-    ["--exploration-fraction", "0"],
-    ["--exploration-fraction", "1.5"],
-    ["--total-timesteps", "-5"],
-    ["--learning-starts", "100", "--total-timesteps", "100"],
-    ["--gamma", "1.5"],
-    ["--end-e", "0.5", "--start-e", "0.1"],
-    ["--buffer-size", "40", "--num-envs", "16", "--batch-size", "8", "--learning-starts", "8"],
-    ["--num-envs", "8", "--batch-size", "4", "--learning-starts", "4"],
-    ["--env-id", "Pongg-v4"],
-    ["--env-id", "CartPole-v1"],
+BAD_ARGS = [  # the arguments, and what the one line must name
+    (["--num-envs", "0"], "--num-envs must be positive"),
+    (["--batch-size", "64", "--buffer-size", "32"], "--batch-size must not exceed --buffer-size"),
+    (["--learning-starts", "16"], "--learning-starts must be at least --batch-size"),
+    (["--exploration-fraction", "0"], "--exploration-fraction"),
+    (["--exploration-fraction", "1.5"], "--exploration-fraction"),
+    (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
+    (["--learning-starts", "100", "--total-timesteps", "100"], "--learning-starts must be below --total-timesteps"),
+    (["--gamma", "1.5"], "--gamma"),
+    (["--end-e", "0.5", "--start-e", "0.1"], "--end-e <= --start-e"),
+    (["--buffer-size", "40", "--num-envs", "16", "--batch-size", "8", "--learning-starts", "16"], "--buffer-size"),
+    (["--num-envs", "8", "--batch-size", "4", "--learning-starts", "4"],
+     "--learning-starts must be at least --num-envs"),
+    (["--checkpoint-frequency", "-1"], "--checkpoint-frequency"),
+    (["--eval-episodes", "-1"], "--eval-episodes"),
+    (["--resume", "auto"], "--resume auto needs --run-name"),
+    (["--env-id", "Pongg-v4"], "'Pongg-v4' is not an Atari env id"),
+    (["--env-id", "CartPole-v1"], "'CartPole-v1' is not an Atari env id"),
 ]
 
 
-@pytest.mark.parametrize("argv", BAD_ARGS, ids=" ".join)
-def test_bad_arguments_exit_2_with_one_line(argv, monkeypatch, capsys):
+@pytest.mark.parametrize("argv, says", BAD_ARGS, ids=[" ".join(argv) for argv, _ in BAD_ARGS])
+def test_bad_arguments_exit_2_with_one_line_naming_the_flag(argv, says, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["dqn_atari.py", *argv])
     with pytest.raises(SystemExit) as exit_info:
         dqn_atari.main()
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert len(err.strip().splitlines()) == 1 and "error" in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("dqn_atari.py: error: ") and says in err
 
 
 def test_bad_env_id_from_the_command_line(tmp_path):
@@ -591,6 +650,25 @@ def test_bad_env_id_from_the_command_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Pongg-v4" in result.stderr and "pprint_registry" in result.stderr
     assert not os.listdir(tmp_path)  # nothing was started
+
+
+def test_load_checkpoint_reads_the_actions_from_the_network_without_starting_an_env(tmp_path, monkeypatch):
+    path = tmp_path / "old.pt"  # the keys every checkpoint so far has had
+    torch.save({"model": QNetwork(4).state_dict(), "args": dataclasses_asdict(Args()), "global_step": 5}, path)
+    monkeypatch.setattr(dqn_atari, "make_env", lambda *a, **kw: pytest.fail("an env was started"))
+    q_network, env_id = dqn_atari.load_checkpoint(str(path))
+    assert q_network.network[-1].out_features == 4 and env_id == "BreakoutNoFrameskip-v4"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_refuses_inputs_of_another_shape_or_dtype():
+    call = dqn_atari.CudaGraphCall(lambda x: x * 2)
+    x = torch.ones(8, device="cuda")
+    for _ in range(5):  # 3 warm-up calls, the recording, a replay
+        assert torch.equal(call(x), x * 2)
+    for other in (torch.ones(4, device="cuda"), torch.ones(8, device="cuda", dtype=torch.float64)):
+        with pytest.raises(ValueError, match="a CUDA graph recorded for"):
+            call(other)
 
 
 def test_bad_checkpoint_exits_2_with_one_line(tmp_path):
@@ -707,7 +785,7 @@ def test_resume_keeps_the_saved_args_and_takes_only_the_allowed_changes(tmp_path
     path = tmp_path / "run" / "checkpoint.pt"
     path.parent.mkdir()
     saved = Args(env_id="PongNoFrameskip-v4", learning_rate=5e-4, total_timesteps=1000, learning_starts=100)
-    torch.save({"model": {}, "args": dataclasses_asdict(saved), "global_step": 500}, path)
+    torch.save({"model": QNetwork(6).state_dict(), "args": dataclasses_asdict(saved), "global_step": 500}, path)
 
     args, checkpoint = resume_argv(tmp_path, "--resume", str(path), "--total-timesteps", "2000", "--no-cuda",
                                    "--eval-episodes=3", "--learning-rate", "5e-4", "--env-id", "PongNoFrameskip-v4")
