@@ -1,8 +1,8 @@
 """DQN for Atari (Mnih et al. 2015) in one file. Run it: python dqn_atari.py --env-id PongNoFrameskip-v4
 
 In the paper's order: the arguments, the environment, the Q-network, the replay memory, epsilon-greedy
-acting, the TD loss, the training loop, evaluation, the command line. Two fenced asides hold what the
-algorithm reads without: the speed layer, and the checkpoints that let a long run stop and go on."""
+acting, the TD loss, the training loop and evaluation. Then two fenced asides that the algorithm reads
+without (the speed layer; the checkpoints and checks of long runs), and the command line."""
 
 import copy
 import ctypes
@@ -281,119 +281,6 @@ def make_learner(num_actions, args, device, checkpoint=None):
     return q_network, target_network, optimizer, graphed(q_network.greedy), graphed(update)
 
 
-# ---------------------------------------------------------------- aside: the speed layer
-# The same computation, sooner. On the 2-core CPU of the README's Speed section, channels-last convolutions
-# (14% faster), fused Adam and glibc keeping freed memory make an update 1.24x faster (40.1 against 32.3
-# a second) and the loop 1.36x (135 against 99 steps/s). On a GPU, pinned copies let the host run on, and
-# CUDA graphs replay all of an update's kernels at once (opt-in: not yet measured).
-
-
-def set_process_options(args, device):
-    """The process-wide settings of the fast path, in one place."""
-    if args.fast and device.type == "cpu" and sys.platform == "linux":
-        # glibc hands big freed blocks back to the OS, and each update faults them in again (~700 page faults,
-        # ~6% of an update here). Keep them: -3 is M_MMAP_THRESHOLD (32 MB at most), -1 M_TRIM_THRESHOLD.
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-3, 32 << 20)
-        libc.mallopt(-1, 2**31 - 1)
-    if args.cuda_graphs:  # the warm-up calls of capturable Adam warn about what the graph then does right
-        warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")
-
-
-def to_device(x, device):
-    """A numpy array as a tensor on the device; to a GPU through pinned memory, so the copy leaves the host free."""
-    if device.type == "cpu":
-        return torch.from_numpy(x)
-    return torch.from_numpy(np.ascontiguousarray(x)).pin_memory().to(device, non_blocking=True)
-
-
-class CudaGraphCall:
-    """Calls fn as a CUDA graph: one launch replays all of its kernels. The first 3 calls run fn as written, on a
-    side stream (capture needs warmed-up libraries); the 4th records it on copies of its inputs; later calls copy
-    their inputs there and replay. Each call does fn's work exactly once. Not yet verified on a GPU."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.calls = 0
-        self.graph = torch.cuda.CUDAGraph()
-        self.side = torch.cuda.Stream()
-
-    def __call__(self, *inputs):
-        self.calls += 1
-        if self.calls <= 3:
-            self.side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.side):
-                outputs = self.fn(*inputs)
-            torch.cuda.current_stream().wait_stream(self.side)
-            return outputs
-        if self.calls == 4:
-            self.inputs = [x.clone() for x in inputs]
-            with torch.cuda.graph(self.graph):
-                self.outputs = self.fn(*self.inputs)
-        for recorded, x in zip(self.inputs, inputs):
-            if (x.shape, x.dtype) != (recorded.shape, recorded.dtype):  # copy_ would broadcast a smaller batch
-                raise ValueError(f"a CUDA graph recorded for {tuple(recorded.shape)} {recorded.dtype} was given "
-                                 f"{tuple(x.shape)} {x.dtype}")
-            recorded.copy_(x)
-        self.graph.replay()
-        return self.outputs  # the same tensors each call: read them before the next
-
-
-# ---------------------------------------------------------------- aside: checkpoints, for runs that stop and go on
-
-
-def produced_by(device):
-    """What made a checkpoint: this file's last git commit (None outside a repository), libraries, device."""
-    folder, name = os.path.split(os.path.abspath(__file__))
-    git = ["git", "-C", folder]
-    try:
-        commit = subprocess.run([*git, "log", "-1", "--format=%H", "--", name], capture_output=True, text=True).stdout
-        changed = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", name], capture_output=True).returncode == 1
-    except OSError:  # no git
-        commit, changed = "", False
-    commit = commit.strip() + (" + uncommitted changes" if changed else "")
-    versions = {"torch": str(torch.__version__), "gymnasium": gym.__version__, "ale_py": ale_py.__version__}
-    return {"git_commit": commit if commit.strip() else None, **versions, "device": str(device)}
-
-
-def save_checkpoint(path, checkpoint):
-    """Writes to a temporary file beside path, then renames it over path: a kill at any instant (a
-    crash, kill -9, a second Ctrl-C) leaves the last complete checkpoint readable. Weights that are
-    not all finite are never written."""
-    if not all(weights.isfinite().all() for weights in checkpoint["model"].values()):
-        step = checkpoint["global_step"]
-        raise FloatingPointError(f"the Q-network's weights are not finite at step {step:,}")
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as file:
-        torch.save(checkpoint, file)
-        file.flush()
-        os.fsync(file.fileno())  # on the disk before the rename: a power cut keeps one whole file
-    os.replace(temporary, path)  # atomic
-
-
-def read_checkpoint(path):
-    """A checkpoint that train saved, as a dict of tensors and plain values, or a ValueError."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        QNetwork(num_saved_actions(checkpoint)).load_state_dict(checkpoint["model"])  # a network of ours
-        checkpoint["args"]["env_id"], checkpoint["global_step"]
-    except Exception as error:  # whatever the file holds, the user needs one line, not a traceback
-        raise ValueError(f"cannot read a checkpoint of this script from {path} ({type(error).__name__})") from None
-    return checkpoint
-
-
-def num_saved_actions(checkpoint):
-    return list(checkpoint["model"].values())[-1].shape[0]  # the output layer's bias comes last
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's time limit or preemption, docker stop, kill): stop as on Ctrl-C."""
-
-
-def raise_terminated(signum, frame):
-    raise Terminated()
-
-
 # ---------------------------------------------------------------- the training loop
 
 
@@ -559,43 +446,148 @@ def load_checkpoint(path):
     return q_network, checkpoint["args"]["env_id"]
 
 
-# ---------------------------------------------------------------- the command line
+# ---------------------------------------------------------------- aside: the speed layer
+# The same computation, sooner. On the 2-core CPU of the README's Speed section, channels-last convolutions
+# (14% faster), fused Adam and glibc keeping freed memory make an update 1.24x faster (40.1 against 32.3
+# a second) and the loop 1.36x (135 against 99 steps/s). On a GPU, pinned copies let the host run on, and
+# CUDA graphs replay all of an update's kernels at once (opt-in: not yet measured).
 
 
-def pick_device(args):
-    if args.cuda and not torch.cuda.is_available():
-        print("no GPU found: running on the CPU")
-    return torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+def set_process_options(args, device):
+    """The process-wide settings of the fast path, in one place."""
+    if args.fast and device.type == "cpu" and sys.platform == "linux":
+        # glibc hands big freed blocks back to the OS, and each update faults them in again (~700 page faults,
+        # ~6% of an update here). Keep them: -3 is M_MMAP_THRESHOLD (32 MB at most), -1 M_TRIM_THRESHOLD.
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 32 << 20)
+        libc.mallopt(-1, 2**31 - 1)
+    if args.cuda_graphs:  # the warm-up calls of capturable Adam warn about what the graph then does right
+        warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")
 
 
-def check_args(args):
-    """Raises a ValueError naming, as the user types it, the first flag that would make a wrong or failing run."""
-    atari_spec(args.env_id)
-    checks = [
-        (args.total_timesteps > 0, "--total-timesteps must be positive"),
-        (args.num_envs > 0, "--num-envs must be positive"),
-        (args.batch_size > 0, "--batch-size must be positive"),
-        (args.learning_rate > 0, "--learning-rate must be positive"),
-        (args.train_frequency > 0, "--train-frequency must be positive"),
-        (args.target_network_frequency > 0, "--target-network-frequency must be positive"),
-        (args.batch_size <= args.buffer_size, "--batch-size must not exceed --buffer-size"),
-        (args.buffer_size >= 5 * args.num_envs, "--buffer-size must hold at least 5 transitions per env"),
-        (args.learning_starts >= args.batch_size, "--learning-starts must be at least --batch-size"),
-        (args.learning_starts >= args.num_envs, "--learning-starts must be at least --num-envs"),
-        (args.learning_starts < args.total_timesteps, "--learning-starts must be below --total-timesteps"),
-        (0 <= args.gamma <= 1, "--gamma must be in [0, 1]"),
-        (0 < args.tau <= 1, "--tau must be in (0, 1]"),
-        (0 < args.exploration_fraction <= 1, "--exploration-fraction must be in (0, 1]"),
-        (0 <= args.end_e <= args.start_e <= 1, "need 0 <= --end-e <= --start-e <= 1"),
-        (0 <= args.eval_epsilon <= 1, "--eval-epsilon must be in [0, 1]"),
-        (args.eval_episodes >= 0, "--eval-episodes must be >= 0"),
-        (args.eval_episodes > 0 or not args.eval_checkpoint, "--eval-checkpoint needs --eval-episodes >= 1"),
-        (args.checkpoint_frequency >= 0, "--checkpoint-frequency must be >= 0"),
-        (not (args.resume and args.eval_checkpoint), "give --resume or --eval-checkpoint, not both"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+def to_device(x, device):
+    """A numpy array as a tensor on the device; to a GPU through pinned memory, so the copy leaves the host free."""
+    if device.type == "cpu":
+        return torch.from_numpy(x)
+    return torch.from_numpy(np.ascontiguousarray(x)).pin_memory().to(device, non_blocking=True)
+
+
+class CudaGraphCall:
+    """Calls fn as a CUDA graph: one launch replays all of its kernels. The first 3 calls run fn as written, on a
+    side stream (capture needs warmed-up libraries); the 4th records it on copies of its inputs; later calls copy
+    their inputs there and replay. Each call does fn's work exactly once. Not yet verified on a GPU."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.calls = 0
+        self.graph = torch.cuda.CUDAGraph()
+        self.side = torch.cuda.Stream()
+
+    def __call__(self, *inputs):
+        self.calls += 1
+        if self.calls <= 3:
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
+                outputs = self.fn(*inputs)
+            torch.cuda.current_stream().wait_stream(self.side)
+            return outputs
+        if self.calls == 4:
+            self.inputs = [x.clone() for x in inputs]
+            with torch.cuda.graph(self.graph):
+                self.outputs = self.fn(*self.inputs)
+        for recorded, x in zip(self.inputs, inputs):
+            if (x.shape, x.dtype) != (recorded.shape, recorded.dtype):  # copy_ would broadcast a smaller batch
+                raise ValueError(f"a CUDA graph recorded for {tuple(recorded.shape)} {recorded.dtype} was given "
+                                 f"{tuple(x.shape)} {x.dtype}")
+            recorded.copy_(x)
+        self.graph.replay()
+        return self.outputs  # the same tensors each call: read them before the next
+
+
+# ---------------------------------------------------------------- aside: long runs, which stop and go on
+
+
+def produced_by(device):
+    """What made a checkpoint: this file's last git commit (None outside a repository), libraries, device."""
+    folder, name = os.path.split(os.path.abspath(__file__))
+    git = ["git", "-C", folder]
+    try:
+        commit = subprocess.run([*git, "log", "-1", "--format=%H", "--", name], capture_output=True, text=True).stdout
+        changed = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", name], capture_output=True).returncode == 1
+    except OSError:  # no git
+        commit, changed = "", False
+    commit = commit.strip() + (" + uncommitted changes" if changed else "")
+    versions = {"torch": str(torch.__version__), "gymnasium": gym.__version__, "ale_py": ale_py.__version__}
+    return {"git_commit": commit if commit.strip() else None, **versions, "device": str(device)}
+
+
+def save_checkpoint(path, checkpoint):
+    """Writes to a temporary file beside path, then renames it over path: a kill at any instant (a
+    crash, kill -9, a second Ctrl-C) leaves the last complete checkpoint readable. Weights that are
+    not all finite are never written."""
+    if not all(weights.isfinite().all() for weights in checkpoint["model"].values()):
+        step = checkpoint["global_step"]
+        raise FloatingPointError(f"the Q-network's weights are not finite at step {step:,}")
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as file:
+        torch.save(checkpoint, file)
+        file.flush()
+        os.fsync(file.fileno())  # on the disk before the rename: a power cut keeps one whole file
+    os.replace(temporary, path)  # atomic
+
+
+def read_checkpoint(path):
+    """A checkpoint that train saved, as a dict of tensors and plain values, or a ValueError."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        missing = {"model", "args", "global_step"} - set(checkpoint)
+        if missing:
+            raise KeyError(f"no {missing}")
+        QNetwork(num_saved_actions(checkpoint)).load_state_dict(checkpoint["model"])  # a network of ours
+    except Exception as error:  # whatever the file holds, the user needs one line, not a traceback
+        raise ValueError(f"cannot read a checkpoint of this script from {path} ({type(error).__name__})") from None
+    return checkpoint
+
+
+def num_saved_actions(checkpoint):
+    return list(checkpoint["model"].values())[-1].shape[0]  # the output layer's bias comes last
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit or preemption, docker stop, kill): stop as on Ctrl-C."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated()
+
+
+# What a resumed run may change: its length, how often it saves, where and how fast it runs, its evaluation.
+RESUME_MAY_CHANGE = {"total_timesteps", "checkpoint_frequency", "cuda", "fast", "cuda_graphs", "eval_episodes",
+                     "eval_epsilon"}
+
+
+def resume_args(args, argv):
+    """For --resume: the saved run's args, with what argv changes, and its checkpoint; or (args, None) where
+    --resume auto finds no checkpoint yet. A ValueError for a change to anything but RESUME_MAY_CHANGE."""
+    auto = args.resume == "auto"
+    if auto and not args.run_name:
+        raise ValueError("--resume auto needs --run-name: the name a restart finds the run by")
+    path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt") if auto else args.resume
+    if auto and not os.path.exists(path):
+        return args, None
+    checkpoint = read_checkpoint(path)
+    run_dir, run_name = (args.run_dir, args.run_name) if auto else os.path.split(os.path.dirname(os.path.abspath(path)))
+    try:
+        saved = Args(**{**checkpoint["args"], "run_dir": run_dir, "run_name": run_name, "resume": args.resume})
+    except TypeError:
+        raise ValueError(f"{path} was saved by another version of this script") from None
+    resumed = tyro.cli(Args, args=argv, default=saved)  # the command line again, the saved run's args as defaults
+    for field in fields(Args):
+        name = field.name
+        if name not in RESUME_MAY_CHANGE and getattr(resumed, name) != getattr(saved, name):
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(resumed, name)} differs from the resumed run's "
+                             f"{getattr(saved, name)} (see --resume in --help for what may change)")
+    return resumed, checkpoint
 
 
 def available_memory(proc="/proc", cgroup_root="/sys/fs/cgroup"):
@@ -636,33 +628,43 @@ def check_memory(args, available):
         print(f"warning: the replay buffer will take {needed:,} of {available:,} bytes available")
 
 
-# What a resumed run may change: its length, how often it saves, where and how fast it runs, its evaluation.
-RESUME_MAY_CHANGE = {"total_timesteps", "checkpoint_frequency", "cuda", "fast", "cuda_graphs", "eval_episodes",
-                     "eval_epsilon"}
+# ---------------------------------------------------------------- the command line
 
 
-def resume_args(args, argv):
-    """For --resume: the saved run's args, with what argv changes, and its checkpoint; or (args, None) where
-    --resume auto finds no checkpoint yet. A ValueError for a change to anything but RESUME_MAY_CHANGE."""
-    auto = args.resume == "auto"
-    if auto and not args.run_name:
-        raise ValueError("--resume auto needs --run-name: the name a restart finds the run by")
-    path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt") if auto else args.resume
-    if auto and not os.path.exists(path):
-        return args, None
-    checkpoint = read_checkpoint(path)
-    run_dir, run_name = (args.run_dir, args.run_name) if auto else os.path.split(os.path.dirname(os.path.abspath(path)))
-    try:
-        saved = Args(**{**checkpoint["args"], "run_dir": run_dir, "run_name": run_name, "resume": args.resume})
-    except TypeError:
-        raise ValueError(f"{path} was saved by another version of this script") from None
-    resumed = tyro.cli(Args, args=argv, default=saved)  # the command line again, the saved run's args as defaults
-    for field in fields(Args):
-        name = field.name
-        if name not in RESUME_MAY_CHANGE and getattr(resumed, name) != getattr(saved, name):
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(resumed, name)} differs from the resumed run's "
-                             f"{getattr(saved, name)} (see --resume in --help for what may change)")
-    return resumed, checkpoint
+def pick_device(args):
+    if args.cuda and not torch.cuda.is_available():
+        print("no GPU found: running on the CPU")
+    return torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+
+def check_args(args):
+    """Raises a ValueError naming, as the user types it, the first flag that would make a wrong or failing run."""
+    atari_spec(args.env_id)
+    checks = [
+        (args.total_timesteps > 0, "--total-timesteps must be positive"),
+        (args.num_envs > 0, "--num-envs must be positive"),
+        (args.batch_size > 0, "--batch-size must be positive"),
+        (args.learning_rate > 0, "--learning-rate must be positive"),
+        (args.train_frequency > 0, "--train-frequency must be positive"),
+        (args.target_network_frequency > 0, "--target-network-frequency must be positive"),
+        (args.batch_size <= args.buffer_size, "--batch-size must not exceed --buffer-size"),
+        (args.buffer_size >= 5 * args.num_envs, "--buffer-size must hold at least 5 transitions per env"),
+        (args.learning_starts >= args.batch_size, "--learning-starts must be at least --batch-size"),
+        (args.learning_starts >= args.num_envs, "--learning-starts must be at least --num-envs"),
+        (args.learning_starts < args.total_timesteps, "--learning-starts must be below --total-timesteps"),
+        (0 <= args.gamma <= 1, "--gamma must be in [0, 1]"),
+        (0 < args.tau <= 1, "--tau must be in (0, 1]"),
+        (0 < args.exploration_fraction <= 1, "--exploration-fraction must be in (0, 1]"),
+        (0 <= args.end_e <= args.start_e <= 1, "need 0 <= --end-e <= --start-e <= 1"),
+        (0 <= args.eval_epsilon <= 1, "--eval-epsilon must be in [0, 1]"),
+        (args.eval_episodes >= 0, "--eval-episodes must be >= 0"),
+        (args.eval_episodes > 0 or not args.eval_checkpoint, "--eval-checkpoint needs --eval-episodes >= 1"),
+        (args.checkpoint_frequency >= 0, "--checkpoint-frequency must be >= 0"),
+        (not (args.resume and args.eval_checkpoint), "give --resume or --eval-checkpoint, not both"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
 
 
 def main():

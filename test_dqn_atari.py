@@ -598,14 +598,19 @@ def test_end_to_end_pong_logs_saves_and_evaluates_from_checkpoint(tmp_path):
 
 
 def test_ctrl_c_saves_checkpoint_and_logs(tmp_path):
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps it so: restore it.
     proc = subprocess.Popen([sys.executable, SCRIPT, "--env-id", "PongNoFrameskip-v4", "--learning-starts", "500",
                              "--buffer-size", "5000", "--run-dir", str(tmp_path), "--no-cuda"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # the first progress line comes after ~10 s, well into learning
         if line.startswith("step "):
             break
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a no-op once it has exited
     assert proc.returncode == 130 and "Traceback" not in err, err
     (checkpoint,) = glob.glob(str(tmp_path / "*" / "checkpoint.pt"))
     assert torch.load(checkpoint, weights_only=True)["global_step"] > 500
