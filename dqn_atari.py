@@ -267,7 +267,7 @@ def make_learner(num_actions, args, device, checkpoint=None):
     if checkpoint is not None:
         q_network.load_state_dict(checkpoint["model"])
         target_network.load_state_dict(checkpoint["target_model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        optimizer.load_state_dict(copy.deepcopy(checkpoint["optimizer"]))  # Adam would train the saved tensors
         optimizer.param_groups[0].update(fused=args.fast, capturable=graphs)  # this run's path
 
     def update(*batch):
@@ -400,7 +400,7 @@ def train(args, envs=None, checkpoint=None):
     finally:
         writer.flush()  # whatever ends the loop (a NaN loss, a crash), its logs are on the disk
     save()  # at the end, and on Ctrl-C or SIGTERM: what a run promises
-    stopped_by = {None: "", Terminated: "SIGTERM, "}.get(type(stop), "Ctrl-C, ")
+    stopped_by = "" if stop is None else "SIGTERM, " if isinstance(stop, Terminated) else "Ctrl-C, "
     print(f"{stopped_by}step {global_step:,}: checkpoint saved to {checkpoint_path}, logs flushed")
     if stop is not None:
         raise stop

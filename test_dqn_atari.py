@@ -581,6 +581,7 @@ def test_end_to_end_pong_logs_saves_and_evaluates_from_checkpoint(tmp_path):
                         "--buffer-size", "5000", "--target-network-frequency", "500", "--eval-episodes", "2",
                         "--run-dir", str(tmp_path), "--no-cuda")
     assert result.returncode == 0, result.stderr
+    assert "\nstep 2,500: checkpoint saved to " in result.stdout  # the end, said as the end
     logged = scalars(str(tmp_path))
     for tag in ["charts/episodic_return", "charts/episodic_length", "losses/td_loss", "losses/q_values",
                 "eval/episodic_return"]:
@@ -608,10 +609,11 @@ def test_ctrl_c_saves_checkpoint_and_logs(tmp_path):
             break
     proc.send_signal(signal.SIGINT)
     try:
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()  # a no-op once it has exited
     assert proc.returncode == 130 and "Traceback" not in err, err
+    assert any(line.startswith("Ctrl-C, step ") for line in out.splitlines()), out
     (checkpoint,) = glob.glob(str(tmp_path / "*" / "checkpoint.pt"))
     assert torch.load(checkpoint, weights_only=True)["global_step"] > 500
     logged = scalars(str(tmp_path))
@@ -697,58 +699,80 @@ def read_lines_until(stream, prefix, count=1):
     raise AssertionError(f"the process ended before printing {prefix!r}")
 
 
-def test_sigterm_saves_then_resume_goes_on_in_the_same_folder_logging_each_step_once(tmp_path):
-    """SIGTERM in the learning phase: exit 143, one line, a checkpoint of the step where it stopped, the logs flushed.
-    Then --resume from an earlier checkpoint of that run (what a kill -9 leaves): it refills its buffer, learns on
-    to total_timesteps in the same folder, and what the stopped process logged after that checkpoint is dropped."""
-    argv = ["--env-id", "PongNoFrameskip-v4", "--total-timesteps", "4000", "--learning-starts", "500",
-            "--buffer-size", "5000", "--checkpoint-frequency", "500", "--eval-episodes", "0",
-            "--run-dir", str(tmp_path), "--run-name", "pong", "--no-cuda"]
+def test_sigterm_saves_then_resume_goes_on_in_the_same_folder(tmp_path):
+    """SIGTERM in the learning phase: exit 143, one line, a checkpoint of the step where it stopped, the logs
+    flushed. --resume on that checkpoint refills the buffer, learns on to total_timesteps in the same folder, and
+    logs each step once; plot.py reads the two segments."""
+    argv = ["--env-id", "PongNoFrameskip-v4", "--total-timesteps", "3000", "--learning-starts", "500",
+            "--buffer-size", "5000", "--eval-episodes", "0", "--run-dir", str(tmp_path), "--run-name", "pong",
+            "--no-cuda"]
     started = time.time()
     proc = subprocess.Popen([sys.executable, SCRIPT, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "pong"
-    read_lines_until(proc.stdout, "step ")  # ~10 s in: learning, and periodic checkpoints were written
-    (run / "checkpoint.pt").rename(run / "early.pt")
-    early = torch.load(run / "early.pt", weights_only=True)["global_step"]
-    read_lines_until(proc.stdout, "step ")  # 10 s on: the run has logged losses past the early checkpoint
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    try:
+        read_lines_until(proc.stdout, "step ")  # ~10 s in: learning
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a no-op once it has exited
     assert proc.returncode == 143 and err == "", err
     (said,) = [line for line in out.splitlines() if line.startswith("SIGTERM")]
     stopped_at = int(said.split("step ")[1].split(":")[0].replace(",", ""))
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["global_step"] == stopped_at > early >= 500
-    logged = logged_steps(run)  # flushed on the way out
-    assert logged["charts/SPS"] and any(early < step <= early + 500 for step in logged["losses/td_loss"])
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["global_step"] == stopped_at > 500
+    assert logged_steps(run)["charts/SPS"]  # flushed on the way out
 
-    result = run_script("--resume", str(run / "early.pt"), "--no-cuda", "--eval-episodes", "2")
+    result = run_script("--resume", str(run / "checkpoint.pt"), "--no-cuda", "--eval-episodes", "2")
     assert result.returncode == 0, result.stderr
-    assert f"going on from step {early:,}" in result.stdout
+    assert f"going on from step {stopped_at:,}" in result.stdout
     assert sorted(os.listdir(tmp_path)) == ["pong"]
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["global_step"] == 4000
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["global_step"] == 3000
     logged = logged_steps(run)
     for tag in ["charts/SPS", "charts/episodic_return", "losses/td_loss"]:
         assert logged[tag] == sorted(set(logged[tag])), tag  # each step once, in order
-    # The resumed run learns only after refilling 500 steps: any loss logged there was the stopped process's.
-    assert not any(early < step <= early + 500 for step in logged["losses/td_loss"])
-    assert min(step for step in logged["losses/td_loss"] if step > early) > early + 500
-    assert logged["losses/td_loss"][-1] > stopped_at
+    # The resumed run learns again once it has refilled 500 steps, and goes on to the end.
+    assert not any(stopped_at < step <= stopped_at + 500 for step in logged["losses/td_loss"])
+    assert logged["losses/td_loss"][-1] > stopped_at + 500
 
-    # results/plot.py reads both segments as TensorBoard does, and adds up their hours without the gap
-    out = tmp_path / "curve"
+    rows = plotted(run, tmp_path / "curve")
+    assert 0 < rows["train"][-1][1] < (time.time() - started) / 3600  # the hours, without the gap between
+    last_logged = max(max(steps) for tag, steps in logged.items() if not tag.startswith("eval/"))
+    assert len(rows["eval"]) == 2 and {step for step, _, _ in rows["eval"]} == {last_logged}
+
+
+def plotted(run, out):
+    """Runs results/plot.py on a run folder; checks its CSV against TensorBoard's own reading of the events."""
     plot = subprocess.run([sys.executable, PLOT, str(run), "--out", str(out)], capture_output=True, text=True)
     assert plot.returncode == 0, plot.stderr
     assert os.path.getsize(str(out) + ".png") > 10_000
     with open(str(out) + ".csv") as file:
-        rows = list(csv.DictReader(file))
-    train = [row for row in rows if row["kind"] == "train"]
+        rows = {"train": [], "eval": []}
+        for row in csv.DictReader(file):
+            rows[row["kind"]].append((int(row["step"]), float(row["hours"]), float(row["score"])))
     acc = EventAccumulator(str(run)).Reload()
-    assert [(int(r["step"]), float(r["score"])) for r in train] == [
+    assert [(step, score) for step, _, score in rows["train"]] == [
         (e.step, e.value) for e in acc.Scalars("charts/episodic_return")]
-    hours = [float(r["hours"]) for r in train]
-    assert hours == sorted(hours) and 0 < hours[-1] < (time.time() - started) / 3600
-    evals = [row for row in rows if row["kind"] == "eval"]
-    assert [float(r["score"]) for r in evals] == [e.value for e in acc.Scalars("eval/episodic_return")]
-    assert len(evals) == 2 and {int(r["step"]) for r in evals} == {4000}
+    hours = [hours for _, hours, _ in rows["train"]]
+    assert hours == sorted(hours)
+    if rows["eval"]:
+        assert [score for _, _, score in rows["eval"]] == [e.value for e in acc.Scalars("eval/episodic_return")]
+    return rows
+
+
+def test_resume_drops_what_a_killed_run_logged_after_its_checkpoint(tmp_path):
+    """A kill -9 leaves the last periodic checkpoint, and logs past it. Resumed from that checkpoint, the run
+    logs those steps again: TensorBoard (and plot.py) keep the new points only, each step once."""
+    args = catch_args(tmp_path, total_timesteps=300, run_name="catch")
+    dqn_atari.train(args, Catch(1))
+    (tmp_path / "catch" / "checkpoint.pt").rename(tmp_path / "catch" / "at-300.pt")
+    early = torch.load(tmp_path / "catch" / "at-300.pt", weights_only=True)
+    longer = Args(**{**early["args"], "total_timesteps": 600})
+    dqn_atari.train(longer, Catch(1), early)  # the run that is killed at 600, its checkpoint at 300
+    killed = logged_steps(tmp_path / "catch")["charts/episodic_return"]
+    dqn_atari.train(longer, Catch(1), early)  # the restart from the checkpoint at 300 logs 300..600 again
+    logged = logged_steps(tmp_path / "catch")["charts/episodic_return"]
+    assert killed == sorted(set(killed)) and max(killed) > 400
+    assert logged == sorted(set(logged)) and len(logged) == len(killed)  # the same games: each step once
+    plotted(tmp_path / "catch", tmp_path / "curve")
 
 
 def logged_steps(run):
