@@ -516,9 +516,11 @@ def produced_by(device):
         changed = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", name], capture_output=True).returncode == 1
     except OSError:  # no git
         commit, changed = "", False
-    commit = commit.strip() + (" + uncommitted changes" if changed else "")
+    commit = commit.strip() or None
+    if commit and changed:
+        commit += " + uncommitted changes"
     versions = {"torch": str(torch.__version__), "gymnasium": gym.__version__, "ale_py": ale_py.__version__}
-    return {"git_commit": commit if commit.strip() else None, **versions, "device": str(device)}
+    return {"git_commit": commit, **versions, "device": str(device)}
 
 
 def save_checkpoint(path, checkpoint):
@@ -603,13 +605,15 @@ def available_memory(proc="/proc", cgroup_root="/sys/fs/cgroup"):
             v1 = "memory" in controllers.split(",")
             if controllers and not v1:
                 continue
+            root = os.path.join(cgroup_root, "memory") if v1 else cgroup_root
             limit = "memory.limit_in_bytes" if v1 else "memory.max"
             usage = "memory.usage_in_bytes" if v1 else "memory.current"
-            parts = ["memory"] * v1 + [part for part in path.split("/") if part]
-            for depth in range(v1, len(parts) + 1):  # a limit may be set on any cgroup above this one
+            parts = [part for part in path.split("/") if part]
+            for depth in range(len(parts) + 1):  # a limit may be set on any cgroup above this one
+                folder = os.path.join(root, *parts[:depth])
                 with suppress(OSError, ValueError):  # a missing file, or "max": no limit there
-                    with open(os.path.join(cgroup_root, *parts[:depth], limit)) as limit_file:
-                        with open(os.path.join(cgroup_root, *parts[:depth], usage)) as usage_file:
+                    with open(os.path.join(folder, limit)) as limit_file:
+                        with open(os.path.join(folder, usage)) as usage_file:
                             free.append(int(limit_file.read()) - int(usage_file.read()))
     return min(free, default=None)
 
