@@ -166,8 +166,8 @@ def main():
         for path in args.paths:
             fast = path == "fast"
             runs.append({"path": path, **in_fresh_process(parts, args, fast), **in_fresh_process(loop, args, fast)})
-            # What the parts allow: the envs, then the update (the order on a busy CPU), or the two overlapped (the
-            # slower one); and the envs, acting and the update in turn.
+            # What the parts allow: the envs, then the update; the two overlapped (the slower one: what a loop that
+            # stepped the envs during the update could reach); and the envs, acting and the update in turn (the loop).
             run, update_sps = runs[-1], dqn_atari.Args.train_frequency * runs[-1]["updates_per_s"]
             run["bound_sequential"] = 1 / (1 / run["env_sps"] + 1 / update_sps)
             run["bound_overlapped"] = min(run["env_sps"], update_sps)

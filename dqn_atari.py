@@ -49,11 +49,9 @@ class Args:
     checkpoint_frequency: int = 100_000
     """agent steps between checkpoints (0: at the end only); each replaces the last atomically"""
     resume: str = ""
-    """go on with the run that saved this checkpoint, in its folder; "auto": with
-    <run_dir>/<run_name>/checkpoint.pt if it is there, else start that run (one command for a job
-    that a scheduler restarts). A finished run does nothing unless --total-timesteps is larger.
-    Other flags given with it must equal the saved run's, except --total-timesteps,
-    --checkpoint-frequency, --cuda, --fast, --cuda-graphs, --eval-episodes and --eval-epsilon"""
+    """go on with the run that saved this checkpoint, in its folder ("auto": with <run_dir>/<run_name>/checkpoint.pt
+    if it is there, else start that run). Other flags must equal the saved run's, except --total-timesteps (a larger
+    one extends a finished run), --checkpoint-frequency, --cuda, --fast, --cuda-graphs and --eval-*"""
     eval_checkpoint: str = ""
     """if set, evaluate this checkpoint on the game it was trained on, then exit (no training)"""
     env_id: str = "BreakoutNoFrameskip-v4"
