@@ -422,16 +422,18 @@ def evaluate(q_network, env_id, episodes, epsilon, device, seed):
     fire = fire_action(envs)
     obs, infos = envs.reset(seed=seed)
     lives = infos["lives"]
+    serve = np.zeros(episodes, np.bool_)
     scores = np.zeros(episodes)
     over = np.zeros(episodes, np.bool_)
     while not over.all():
         actions = epsilon_greedy(q_network.greedy, obs, epsilon, envs.single_action_space.n, rng, device)
         if fire is not None:
-            actions[infos["lives"] < lives] = fire
-        lives = infos["lives"]
+            actions[serve] = fire
         obs, rewards, terminations, truncations, infos = envs.step(actions)
         scores += np.where(over, 0, rewards)
         over |= terminations | truncations
+        serve = infos["lives"] < lives
+        lives = infos["lives"]
     print(f"eval: {scores.mean():.2f} +- {scores.std():.2f} over {episodes} games of {env_id}")
     return scores
 
