@@ -695,7 +695,8 @@ def main():
         if evaluated is None:
             train(args, checkpoint=checkpoint)
         else:
-            (q_network, env_id), device = evaluated, pick_device(args)
+            q_network, env_id = evaluated
+            device = pick_device(args)
             evaluate(q_network.to(device), env_id, args.eval_episodes, args.eval_epsilon, device, args.seed)
     except KeyboardInterrupt as stop:  # the checkpoint and the logs were saved on the way out
         sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + the signal, as shells say
