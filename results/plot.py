@@ -4,9 +4,10 @@
 
 The CSV has a row per game played in training (kind "train") and per game of the final evaluation (kind
 "eval"), each with the agent step, the training hours at that step and the score. Training hours add up the
-time each process of the run spent, from its start to its last event, without the gaps between them; the
-work of a stopped process after its last checkpoint is redone by the next one, so its time counts but its
-points are replaced, as TensorBoard replaces them (purge_step). matplotlib is needed here only.
+time between a process's consecutive training events; a process logs at least every ~10 s, so a silence of
+over PAUSE seconds (a pause, a machine asleep) and the gaps between processes do not count. The work of a
+stopped process after its last checkpoint is redone by the next one: its time counts, its points are
+replaced, as TensorBoard replaces them (purge_step). matplotlib is needed here only.
 """
 
 import argparse
@@ -19,6 +20,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.util.tensor_util import make_ndarray
 
 TRAIN, EVAL = "charts/episodic_return", "eval/episodic_return"
+PAUSE = 120  # seconds without a training event: the process was not running
 
 
 def read_run(run_dir):
@@ -28,23 +30,24 @@ def read_run(run_dir):
     if not paths:
         raise SystemExit(f"plot.py: error: no TensorBoard event files in {run_dir}")
     points = {TRAIN: [], EVAL: []}
-    hours_before, final_step = 0.0, 0  # the time of the processes before this one
+    hours = 0.0  # training time so far, over all the processes
+    final_step = 0
     for path in paths:
-        first = last = None
+        last = None  # the wall time of this process's last training event
         for event in EventFileLoader(path).Load():
-            first = event.wall_time if first is None else first
-            hours = hours_before + (event.wall_time - first) / 3600
             if all(value.tag != EVAL for value in event.summary.value):  # training, not the evaluation
-                last, final_step = event.wall_time, max(final_step, event.step)
+                if last is not None and event.wall_time - last <= PAUSE:
+                    hours += (event.wall_time - last) / 3600
+                last = event.wall_time
+                final_step = max(final_step, event.step)
             if event.HasField("session_log") and event.session_log.status == event.session_log.START:
                 for tag in points:  # a resumed process replaces what was logged from its first step on
                     points[tag] = [p for p in points[tag] if p[0] < event.step]
-                final_step = min(final_step, event.step)
+                final_step = event.step - 1  # the step it resumed from
             for value in event.summary.value:
                 if value.tag in points:
                     points[value.tag].append((event.step, hours, float(make_ndarray(value.tensor))))
-        hours_before += (last - first) / 3600
-    return points[TRAIN], points[EVAL], final_step, hours_before
+    return points[TRAIN], points[EVAL], final_step, hours
 
 
 def running_mean(scores, window=20):
