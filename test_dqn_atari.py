@@ -3,6 +3,7 @@ stacks, a hand-computed TD target, ale-py configured another way, or a synthetic
 
 import csv
 import glob
+import importlib.util
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import pytest
 import torch
 from ale_py.vector_env import AtariVectorEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 import dqn_atari
 from dqn_atari import Args, QNetwork, ReplayBuffer
@@ -756,6 +758,20 @@ def plotted(run, out):
     if rows["eval"]:
         assert [score for _, _, score in rows["eval"]] == [e.value for e in acc.Scalars("eval/episodic_return")]
     return rows
+
+
+def test_plot_counts_training_hours_without_pauses(tmp_path):
+    spec = importlib.util.spec_from_file_location("plot", PLOT)
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    start = time.time() + 1000  # the writer's own first event comes now: a gap, not counted
+    writer = SummaryWriter(str(tmp_path))
+    for step, seconds in [(10, 0), (20, 10), (30, 20), (40, 900), (50, 910)]:  # paused 880 s before step 40
+        writer.add_scalar("charts/episodic_return", -21.0, step, walltime=start + seconds)
+    writer.close()
+    train, evaluation, final_step, hours = plot.read_run(str(tmp_path))
+    assert hours * 3600 == pytest.approx(30) and final_step == 50 and evaluation == []
+    assert [round(h * 3600) for _, h, _ in train] == [0, 10, 20, 20, 30]
 
 
 def test_resume_drops_what_a_killed_run_logged_after_its_checkpoint(tmp_path):

@@ -36,7 +36,7 @@ def read_run(run_dir):
         last = None  # the wall time of this process's last training event
         for event in EventFileLoader(path).Load():
             if all(value.tag != EVAL for value in event.summary.value):  # training, not the evaluation
-                if last is not None and event.wall_time - last <= PAUSE:
+                if last is not None and 0 <= event.wall_time - last <= PAUSE:
                     hours += (event.wall_time - last) / 3600
                 last = event.wall_time
                 final_step = max(final_step, event.step)
