@@ -821,7 +821,7 @@ def test_resume_restores_weights_optimizer_and_random_streams(tmp_path, monkeypa
     assert states[0] == saved["rng"][0] != np.random.default_rng(args.seed).spawn(2)[0].bit_generator.state
 
 
-def resume_argv(tmp_path, *argv):
+def resume_argv(*argv):
     args = dqn_atari.tyro.cli(Args, args=list(argv))
     return dqn_atari.resume_args(args, list(argv))
 
@@ -832,7 +832,7 @@ def test_resume_keeps_the_saved_args_and_takes_only_the_allowed_changes(tmp_path
     saved = Args(env_id="PongNoFrameskip-v4", learning_rate=5e-4, total_timesteps=1000, learning_starts=100)
     torch.save({"model": QNetwork(6).state_dict(), "args": dataclasses_asdict(saved), "global_step": 500}, path)
 
-    args, checkpoint = resume_argv(tmp_path, "--resume", str(path), "--total-timesteps", "2000", "--no-cuda",
+    args, checkpoint = resume_argv("--resume", str(path), "--total-timesteps", "2000", "--no-cuda",
                                    "--eval-episodes=3", "--learning-rate", "5e-4", "--env-id", "PongNoFrameskip-v4")
     assert checkpoint["global_step"] == 500
     assert (args.total_timesteps, args.cuda, args.eval_episodes) == (2000, False, 3)  # allowed changes
@@ -842,7 +842,7 @@ def test_resume_keeps_the_saved_args_and_takes_only_the_allowed_changes(tmp_path
                     ["--buffer-size=10"], ["--run-name", "other"]]:
         flag = refused[0].split("=")[0].replace("no-", "")
         with pytest.raises(ValueError, match=f"{flag} .* differs from the resumed run's"):
-            resume_argv(tmp_path, "--resume", str(path), *refused)
+            resume_argv("--resume", str(path), *refused)
 
 
 def test_one_command_starts_a_run_and_restarts_it(tmp_path):
