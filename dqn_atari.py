@@ -440,9 +440,7 @@ def evaluate(q_network, env_id, episodes, epsilon, device, seed):
 
 def load_checkpoint(path):
     """The Q-network and env id of a checkpoint that train saved, or a ValueError."""
-    checkpoint = read_checkpoint(path)
-    q_network = QNetwork(num_saved_actions(checkpoint))
-    q_network.load_state_dict(checkpoint["model"])
+    checkpoint, q_network = read_checkpoint(path)
     return q_network, checkpoint["args"]["env_id"]
 
 
@@ -539,20 +537,17 @@ def save_checkpoint(path, checkpoint):
 
 
 def read_checkpoint(path):
-    """A checkpoint that train saved, as a dict of tensors and plain values, or a ValueError."""
+    """A checkpoint that train saved (a dict of tensors and plain values) and its Q-network, or a ValueError."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         missing = {"model", "args", "global_step"} - set(checkpoint)
         if missing:
             raise KeyError(f"no {missing}")
-        QNetwork(num_saved_actions(checkpoint)).load_state_dict(checkpoint["model"])  # a network of ours
+        q_network = QNetwork(list(checkpoint["model"].values())[-1].shape[0])  # the output bias comes last
+        q_network.load_state_dict(checkpoint["model"])
     except Exception as error:  # whatever the file holds, the user needs one line, not a traceback
         raise ValueError(f"cannot read a checkpoint of this script from {path} ({type(error).__name__})") from None
-    return checkpoint
-
-
-def num_saved_actions(checkpoint):
-    return list(checkpoint["model"].values())[-1].shape[0]  # the output layer's bias comes last
+    return checkpoint, q_network
 
 
 class Terminated(KeyboardInterrupt):
@@ -577,7 +572,7 @@ def resume_args(args, argv):
     path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt") if auto else args.resume
     if auto and not os.path.exists(path):
         return args, None
-    checkpoint = read_checkpoint(path)
+    checkpoint, _ = read_checkpoint(path)
     run_dir, run_name = (args.run_dir, args.run_name) if auto else os.path.split(os.path.dirname(os.path.abspath(path)))
     try:
         saved = Args(**{**checkpoint["args"], "run_dir": run_dir, "run_name": run_name, "resume": args.resume})
@@ -621,9 +616,9 @@ def available_memory(proc="/proc", cgroup_root="/sys/fs/cgroup"):
 def check_memory(args, available):
     """A ValueError if the replay buffer cannot fit in `available` bytes, a warning if it fits with
     less than 1 GiB to spare: the buffer fills hours into a run, where the OOM killer strikes."""
-    needed = ReplayBuffer.bytes_needed(args.buffer_size, args.num_envs)
     if available is None:
         return
+    needed = ReplayBuffer.bytes_needed(args.buffer_size, args.num_envs)
     if needed > available:
         fits = available // ReplayBuffer.bytes_needed(args.num_envs, args.num_envs) * args.num_envs
         raise ValueError(f"--buffer-size {args.buffer_size:,} needs {needed:,} bytes of memory, {available:,} are "
