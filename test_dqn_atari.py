@@ -774,6 +774,30 @@ def test_plot_counts_training_hours_without_pauses(tmp_path):
     assert [round(h * 3600) for _, h, _ in train] == [0, 10, 20, 20, 30]
 
 
+def test_plot_keeps_only_the_last_evaluation_of_an_extended_run(tmp_path):
+    """A finished run evaluates (logged at steps 0, 1, ...); extended with a larger --total-timesteps, it trains on
+    from its last step in a new process and evaluates again: the curve's final evaluation is the second one."""
+    spec = importlib.util.spec_from_file_location("plot", PLOT)
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    start = time.time()
+    first = SummaryWriter(str(tmp_path), filename_suffix=".1")
+    for step in (10, 20, 30):
+        first.add_scalar("charts/episodic_return", -21.0, step, walltime=start + step)
+    for game, score in enumerate([-20.0, -19.0]):
+        first.add_scalar("eval/episodic_return", score, game, walltime=start + 40)
+    first.close()
+    second = SummaryWriter(str(tmp_path), purge_step=31, filename_suffix=".2")
+    for step in (40, 50):
+        second.add_scalar("charts/episodic_return", 5.0, step, walltime=start + 100 + step)
+    for game, score in enumerate([18.0, 20.0]):
+        second.add_scalar("eval/episodic_return", score, game, walltime=start + 200)
+    second.close()
+    train, evaluation, final_step, _ = plot.read_run(str(tmp_path))
+    assert [step for step, _, _ in train] == [10, 20, 30, 40, 50] and final_step == 50
+    assert [score for _, _, score in evaluation] == [18.0, 20.0]
+
+
 def test_resume_drops_what_a_killed_run_logged_after_its_checkpoint(tmp_path):
     """A kill -9 leaves the last periodic checkpoint, and logs past it. Resumed from that checkpoint, the run
     logs those steps again: TensorBoard (and plot.py) keep the new points only, each step once."""

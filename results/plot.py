@@ -41,8 +41,10 @@ def read_run(run_dir):
                 last = event.wall_time
                 final_step = max(final_step, event.step)
             if event.HasField("session_log") and event.session_log.status == event.session_log.START:
-                for tag in points:  # a resumed process replaces what was logged from its first step on
-                    points[tag] = [p for p in points[tag] if p[0] < event.step]
+                # A resumed process replaces the games logged from its first step on, and any evaluation before it
+                # (that of a finished run that it extends): the run's final evaluation is the last process's.
+                points[TRAIN] = [p for p in points[TRAIN] if p[0] < event.step]
+                points[EVAL] = []
                 final_step = event.step - 1  # the step it resumed from
             for value in event.summary.value:
                 if value.tag in points:
