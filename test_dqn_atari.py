@@ -760,10 +760,16 @@ def plotted(run, out):
     return rows
 
 
-def test_plot_counts_training_hours_without_pauses(tmp_path):
+def plot_module():
+    """results/plot.py as a module (it is a script in a folder, not a package)."""
     spec = importlib.util.spec_from_file_location("plot", PLOT)
     plot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plot)
+    return plot
+
+
+def test_plot_counts_training_hours_without_pauses(tmp_path):
+    plot = plot_module()
     start = time.time() + 1000  # the writer's own first event comes now: a gap, not counted
     writer = SummaryWriter(str(tmp_path))
     for step, seconds in [(10, 0), (20, 10), (30, 20), (40, 900), (50, 910)]:  # paused 880 s before step 40
@@ -777,9 +783,7 @@ def test_plot_counts_training_hours_without_pauses(tmp_path):
 def test_plot_keeps_only_the_last_evaluation_of_an_extended_run(tmp_path):
     """A finished run evaluates (logged at steps 0, 1, ...); extended with a larger --total-timesteps, it trains on
     from its last step in a new process and evaluates again: the curve's final evaluation is the second one."""
-    spec = importlib.util.spec_from_file_location("plot", PLOT)
-    plot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot)
+    plot = plot_module()
     start = time.time()
     first = SummaryWriter(str(tmp_path), filename_suffix=".1")
     for step in (10, 20, 30):
