@@ -65,12 +65,14 @@ def peak_memory_mib(device):
 def random_play(envs, steps, rng, rb=None):
     """Steps the envs with random actions; adds the transitions to rb when one is given."""
     obs, _ = envs.reset(seed=0)
+    resetting = np.zeros(envs.num_envs, bool)
     for _ in range(steps // envs.num_envs):
         actions = rng.integers(envs.single_action_space.n, size=envs.num_envs)
         next_obs, rewards, terminations, truncations, _ = envs.step(actions)
         if rb is not None:
-            rb.add(obs, next_obs, actions, rewards, terminations, truncations)
+            rb.add(obs, next_obs, actions, rewards, terminations, resetting)
         obs = next_obs
+        resetting = terminations | truncations
 
 
 def train_args(args, fast, run_dir=""):
@@ -93,15 +95,20 @@ def parts(args, fast):
     random_play(envs, args.learning_starts, rng, rb)
     num_actions = envs.single_action_space.n
     settings = train_args(args, fast)
-    dqn_atari.set_process_options(settings, device)
-    _, _, _, greedy, update = dqn_atari.make_learner(num_actions, settings, device)
+    q_network, target_network, optimizer = dqn_atari.make_learner(num_actions, settings, device)
     obs = rb.sample(args.num_envs).obs
+
+    def update():  # the training loop's gradient step
+        batch = dqn_atari.Batch(*(dqn_atari.to_device(x, device) for x in rb.sample(settings.batch_size)))
+        loss, _ = dqn_atari.td_loss(q_network, target_network, batch, settings.gamma)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
     timed = []
-    for work, calls in [(lambda: dqn_atari.epsilon_greedy(greedy, obs, 0.0, num_actions, rng, device),
-                         args.env_steps // args.num_envs),
-                        (lambda: update(*(dqn_atari.to_device(x, device) for x in rb.sample(settings.batch_size))),
-                         args.updates)]:
-        for _ in range(10):  # warm-up: on a GPU, the CUDA graphs are recorded here
+    for work, calls in [(lambda: dqn_atari.epsilon_greedy(q_network, obs, 0.0, num_actions, rng, device),
+                         args.env_steps // args.num_envs), (update, args.updates)]:
+        for _ in range(10):  # warm-up
             work()
         sync(device)
         start = time.perf_counter()
