@@ -1,11 +1,9 @@
 """DQN for Atari (Mnih et al. 2015) in one file. Run it: python dqn_atari.py --env-id PongNoFrameskip-v4
 
-The algorithm first, in the paper's order: the arguments, the environment, the Q-network, the replay memory,
-epsilon-greedy acting, the TD loss, the training loop and evaluation. After it, fenced off, what a long run needs
-around the algorithm: checkpoints, resume, signals and the command line."""
+The algorithm first, in the paper's order: arguments, environment, Q-network, replay memory, epsilon-greedy
+acting, TD loss, training loop, evaluation. Then, fenced off, what long runs need around it."""
 
 import copy
-import ctypes
 import datetime
 import os
 import signal
@@ -23,78 +21,72 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 
 # ---------------------------------------------------------------- the arguments
-
-
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the experiment's name, part of the run name
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # part of the run's name
     seed: int = 1  # seed of the networks, the exploration, the replay sampling and the envs
     torch_deterministic: bool = True  # if toggled, cuDNN picks deterministic kernels
     cuda: bool = True  # if toggled, train on a GPU when one is present
     fast: bool = True  # channels-last convolutions and fused Adam: the same updates, sooner
-    run_dir: str = "runs"  # each run writes its TensorBoard logs and its checkpoint to <run_dir>/<run_name>/
-    run_name: str = ""  # the run's folder in run_dir (default: <env_id>__<exp_name>__<seed>__<unix time>)
+    run_dir: str = "runs"  # each run writes its logs and its checkpoint to <run_dir>/<run_name>/
+    run_name: str = ""  # the run's folder (default: <env_id>__<exp_name>__<seed>__<unix time>)
     checkpoint_frequency: int = 100_000  # agent steps between checkpoints (0: at the end only)
-    # go on with the run that saved this checkpoint, in its folder ("auto": with <run_dir>/<run_name>/checkpoint.pt
-    # if it is there, else start that run). Flags given beside it override the saved run's; each change is printed
+    # go on with the run that saved this checkpoint, in its folder ("auto": <run_dir>/<run_name>/
+    # checkpoint.pt if it is there, else start that run); flags given with it override the saved run's
     resume: str = ""
-    eval_checkpoint: str = ""  # if set, play this checkpoint's agent on its game, then exit (no training)
-    env_id: str = "BreakoutNoFrameskip-v4"  # any Atari id gymnasium knows: PongNoFrameskip-v4, ALE/Pong-v5, ...
-    total_timesteps: int = 10_000_000  # agent steps to train for, summed over all envs (one step is 4 frames)
-    num_envs: int = 1  # envs stepped together in C++ threads; the replay ratio does not depend on it
+    eval_checkpoint: str = ""  # if set, play this checkpoint's agent on its game, then exit
+    env_id: str = "BreakoutNoFrameskip-v4"  # any Atari id: PongNoFrameskip-v4, ALE/Pong-v5, ...
+    total_timesteps: int = 10_000_000  # agent steps, summed over all envs (one step is 4 frames)
+    num_envs: int = 1  # envs stepped together in C++ threads; the replay ratio is the same
     learning_rate: float = 1e-4  # Adam's learning rate
-    buffer_size: int = 1_000_000  # replay memory, in transitions (about 7 KB each, all taken at the start)
+    buffer_size: int = 1_000_000  # replay memory in transitions (~7 KB each, taken at the start)
     gamma: float = 0.99  # the discount factor
     tau: float = 1.0  # target network update rate (1.0: copy the weights)
     target_network_frequency: int = 1000  # agent steps between target network updates
     batch_size: int = 32  # transitions per gradient step
     start_e: float = 1.0  # epsilon at the start of training
     end_e: float = 0.01  # epsilon after the exploration phase
-    exploration_fraction: float = 0.10  # fraction of total_timesteps over which epsilon falls to end_e
-    learning_starts: int = 80_000  # agent steps of experience collected before the first gradient step
+    exploration_fraction: float = 0.10  # fraction of total_timesteps over which epsilon falls
+    learning_starts: int = 80_000  # agent steps of experience collected before the first update
     train_frequency: int = 4  # agent steps between gradient steps
     eval_episodes: int = 10  # full games played after training (0: no evaluation)
     eval_epsilon: float = 0.05  # epsilon of the evaluation games
 
 
 # ---------------------------------------------------------------- the environment
-
-
 def atari_spec(env_id):
     spec = gym.registry.get(env_id)  # `import ale_py` registered the Atari ids
     if spec is None or spec.entry_point != "ale_py.env:AtariEnv":
-        raise ValueError(f"{env_id!r} is not an Atari env id (e.g. PongNoFrameskip-v4, ALE/Pong-v5); list them "
-                         'with: python -c "import ale_py, gymnasium; gymnasium.pprint_registry()"')
+        raise ValueError(f"{env_id!r} is not an Atari env id (e.g. PongNoFrameskip-v4, ALE/Pong-v5); "
+                         'list them with: python -c "import ale_py, gymnasium; gymnasium.pprint_registry()"')
     return spec
 
 
 def make_env(env_id, num_envs):
-    """ale-py's C++ vector env with the preprocessing of the DQN papers (no OpenCV, no Python wrappers)."""
-    game = atari_spec(env_id).kwargs  # the game, its sticky actions (v5: 0.25), action set and frame cap
+    """ale-py's C++ vector env with the preprocessing of the DQN papers (no OpenCV, no wrappers)."""
+    game = atari_spec(env_id).kwargs  # game, sticky actions (v5: 0.25), action set, frame cap
     return ale_py.vector_env.AtariVectorEnv(
         game=game["game"], num_envs=num_envs,
         repeat_action_probability=game["repeat_action_probability"], full_action_space=game["full_action_space"],
-        max_num_frames_per_episode=game["max_num_frames_per_episode"],  # 108,000 frames: 30 minutes of play
+        max_num_frames_per_episode=game["max_num_frames_per_episode"],  # 108,000: 30 minutes
         noop_max=30,  # random starts: up to 30 no-ops after a reset
-        use_fire_reset=True,  # FIRE at a reset, where a game waits for it (after a lost life: see fire_action)
+        use_fire_reset=True,  # FIRE where a game waits for it at a reset (a lost life: fire_action)
         frameskip=4,  # act every 4th frame, whatever the id says
         maxpool=True,  # max over the last two frames: sprites flicker
-        img_height=84, img_width=84, grayscale=True, stack_num=4,  # 4 frames show motion; zeros before the first
+        img_height=84, img_width=84, grayscale=True, stack_num=4,  # 4 frames show motion; zeros before the 1st
         reward_clipping=False,  # keep the game's score for logging; the loop clips what it stores
-        episodic_life=False,  # ale-py's episodic life resets the game: the loop marks life losses instead
+        episodic_life=False,  # ale-py's would reset the game: the loop marks life losses instead
     )
 
 
 def fire_action(envs):
-    """FIRE's index in the env's action set, or None. Games like Breakout wait for FIRE after a lost life; the
-    loop sends it, as the published scores' FireReset wrapper does."""
+    """FIRE's index in the env's action set, or None. Games like Breakout wait for FIRE after a lost
+    life; the loop sends it, as the published scores' FireReset wrapper does."""
     action_set = list(envs.ale.get_action_set())
     return action_set.index(ale_py.Action.FIRE) if ale_py.Action.FIRE in action_set else None
 
 
 # ---------------------------------------------------------------- the Q-network
-
-
 class QNetwork(nn.Module):
     """The Nature-DQN CNN: a stack of 4 84x84 frames in, one Q-value per action out."""
 
@@ -109,7 +101,7 @@ class QNetwork(nn.Module):
         )
 
     def forward(self, x):
-        return self.network(x.float() / 255.0)  # uint8 in: frames stay 1 byte per pixel until here
+        return self.network(x.float() / 255.0)  # uint8 in: frames stay 1 byte a pixel until here
 
     @torch.no_grad()
     def greedy(self, x):
@@ -118,16 +110,15 @@ class QNetwork(nn.Module):
 
 
 # ---------------------------------------------------------------- the replay memory
-
-Batch = namedtuple("Batch", "obs actions rewards next_obs dones")  # dones: 1.0 where the TD target stops
+Batch = namedtuple("Batch", "obs actions rewards next_obs dones")  # dones: 1.0 where TD stops
 
 
 class ReplayBuffer:
-    """Uniform replay that stores each frame once: ~7 KB per transition instead of 28 KB (obs + next_obs).
+    """Uniform replay that stores each frame once: ~7 KB a transition, not 28 (obs + next_obs).
 
     Each env writes frames into a ring of its own. The transition at slot j reads obs from frames j-3..j and
-    next_obs from j-2..j+1: a step costs one new frame. An episode's first stack is written whole (zero padding
-    and all), so no stack reaches into the episode before, and a truncated episode keeps its true last frame."""
+    next_obs from j-2..j+1: a step costs one new frame. An episode's first stack is written whole (zero
+    padding and all): no stack reaches into the episode before, and a truncated one keeps its last frame."""
 
     def __init__(self, capacity, num_envs, frame_shape=(84, 84), stack=4, seed=None):
         self.slots = capacity // num_envs  # per env: envs add in lockstep
@@ -135,25 +126,25 @@ class ReplayBuffer:
         if self.slots <= stack:
             raise ValueError(f"buffer capacity {capacity} is too small for {num_envs} envs")
         self.frames = np.empty((num_envs, self.slots, *frame_shape), np.uint8)
-        self.frames.fill(0)  # every page written now: a buffer too big for memory fails at once, not hours in
+        self.frames.fill(0)  # every page taken now: too big for memory fails at once, not hours in
         self.actions = np.zeros((num_envs, self.slots), np.int64)
         self.rewards = np.zeros((num_envs, self.slots), np.float32)
         self.dones = np.zeros((num_envs, self.slots), np.bool_)
-        self.valid = np.zeros((num_envs, self.slots), np.bool_)  # slot starts a transition whose frames are all here
+        self.valid = np.zeros((num_envs, self.slots), np.bool_)  # a transition starts here
         self.written = np.zeros(num_envs, np.int64)  # frames written per env, ever
         self.rng = np.random.default_rng(seed)
 
     def _write(self, env, frame):
         slot = self.written[env] % self.slots
         self.frames[env, slot] = frame
-        # Gone with the old frame: the transitions at this slot and stack-1 slots on (earlier writes took those between)
+        # Gone with the old frame: the transitions at this slot and stack-1 slots on.
         self.valid[env, slot] = False
         self.valid[env, (slot + self.stack - 1) % self.slots] = False
         self.written[env] += 1
 
     def add(self, obs, next_obs, actions, rewards, dones, resetting):
-        """Adds one step of every env but those `resetting`: NEXT_STEP autoreset spends the step after a game over
-        on the reset (action ignored, reward 0), which is no transition. A truncation is not a done: it bootstraps."""
+        """Adds one step of every env but those `resetting`: NEXT_STEP autoreset spends the step after a game
+        over on the reset (action ignored, reward 0), no transition. A truncation is no done: it bootstraps."""
         for env in np.flatnonzero(~resetting):
             last_frames = (self.written[env] - np.arange(self.stack, 0, -1)) % self.slots
             if self.written[env] < self.stack or not np.array_equal(self.frames[env, last_frames], obs[env]):
@@ -167,12 +158,12 @@ class ReplayBuffer:
             self.valid[env, slot] = True
 
     def sample(self, batch_size):
-        assert self.written.any(), "the replay buffer holds no transition yet"  # one is valid once a frame is in
+        assert self.written.any(), "the replay buffer holds no transition yet"
         num_envs = len(self.frames)
         used = min(self.written.max(), self.slots)
         envs = np.empty(0, np.int64)
         slots = np.empty(0, np.int64)
-        while len(envs) < batch_size:  # draw slots, keep the valid ones: uniform over the stored transitions
+        while len(envs) < batch_size:  # keep the valid slots drawn: uniform
             e = self.rng.integers(num_envs, size=batch_size)
             j = self.rng.integers(used, size=batch_size)
             keep = self.valid[e, j]
@@ -187,50 +178,41 @@ class ReplayBuffer:
 
 
 def to_device(x, device):
-    """A numpy array as a tensor on the device; to a GPU through pinned memory, so the copy leaves the host free."""
+    """A numpy array as a tensor on the device; to a GPU from pinned memory, leaving the host free."""
     if device.type == "cpu":
         return torch.from_numpy(x)
     return torch.from_numpy(np.ascontiguousarray(x)).pin_memory().to(device, non_blocking=True)
 
 
 # ---------------------------------------------------------------- epsilon-greedy acting
-
-
 def linear_schedule(start_e, end_e, duration, t):
     """Epsilon falls linearly from start_e to end_e over duration steps, then stays at end_e."""
     return max(start_e + (end_e - start_e) * t / duration, end_e)
 
 
 def epsilon_greedy(q_network, obs, epsilon, num_actions, rng, device):
-    """One batched greedy pass picks the action of every env; each env explores with probability epsilon instead."""
+    """One greedy pass picks every env's action; each env explores with probability epsilon instead."""
     actions = rng.integers(num_actions, size=len(obs))
     exploit = rng.random(len(obs)) >= epsilon
     if exploit.any():  # skipped while epsilon is 1: nothing to compute
-        actions[exploit] = q_network.greedy(to_device(obs, device)).cpu().numpy()[exploit]  # a GPU's one wait a step
+        actions[exploit] = q_network.greedy(to_device(obs, device)).cpu().numpy()[exploit]
     return actions
 
 
-# ---------------------------------------------------------------- the TD loss, and the learner that minimizes it
-
-
+# ---------------------------------------------------------------- the TD loss, and the learner
 def td_loss(q_network, target_network, batch, gamma):
-    """Huber loss between Q(s, a) and r + gamma * max_a' Q_target(s', a'), not bootstrapped past a terminal."""
+    """Huber loss of Q(s, a) against r + gamma * max_a' Q_target(s', a'), no bootstrap past a terminal."""
     with torch.no_grad():
         next_q = target_network(batch.next_obs).max(dim=1).values
         td_target = batch.rewards + gamma * next_q * (1.0 - batch.dones)
     q_values = q_network(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
-    # Huber is the Nature paper's error clipping: TD errors beyond 1 get a gradient of 1, not of their size.
+    # Huber is the Nature paper's error clipping: a TD error beyond 1 gets a gradient of 1, not its size.
     return nn.functional.smooth_l1_loss(q_values, td_target), q_values
 
 
 def make_learner(num_actions, args, device):
-    """The Q-network, its target network (a copy) and Adam. args.fast (channels-last convolutions, fused Adam)
-    changes how fast they compute, not what: a test compares the two paths."""
-    if args.fast and device.type == "cpu" and sys.platform == "linux":
-        # glibc hands big freed blocks back to the OS, and each update faults them in again (~700 page faults,
-        # ~6% of an update here). Keep them: -3 is M_MMAP_THRESHOLD (32 MB at most), -1 is M_TRIM_THRESHOLD.
-        ctypes.CDLL(None).mallopt(-3, 32 << 20)
-        ctypes.CDLL(None).mallopt(-1, 2**31 - 1)
+    """The Q-network, its target network (a copy) and Adam. args.fast (channels-last convolutions,
+    fused Adam) changes how fast they compute, not what: a test compares the two paths."""
     layout = torch.channels_last if args.fast else torch.contiguous_format
     q_network = QNetwork(num_actions).to(device, memory_format=layout)
     target_network = copy.deepcopy(q_network)
@@ -239,11 +221,9 @@ def make_learner(num_actions, args, device):
 
 
 # ---------------------------------------------------------------- the training loop
-
-
 def train(args, envs=None, checkpoint=None):
-    """Trains DQN on make_env's envs, or on `envs` (a test's synthetic game), from the start or from a checkpoint
-    of a run that train saved; returns the Q-network and the replay memory."""
+    """Trains DQN on make_env's envs, or on `envs` (a test's synthetic game), from the start or from a
+    checkpoint of a run that train saved; returns the Q-network and the replay memory."""
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = pick_device(args)
@@ -251,19 +231,19 @@ def train(args, envs=None, checkpoint=None):
     num_envs = envs.num_envs
     num_actions = envs.single_action_space.n
     fire = fire_action(envs)
-    rng, replay_rng = np.random.default_rng(args.seed).spawn(2)  # independent streams: acting, replay sampling
+    rng, replay_rng = np.random.default_rng(args.seed).spawn(2)  # acting's, replay sampling's
     rb = ReplayBuffer(args.buffer_size, num_envs, seed=replay_rng)
     q_network, target_network, optimizer = make_learner(num_actions, args, device)
-    # The run's folder: its logs, and its checkpoint, which a resumed run restores the learner and the rngs from.
+    # The run's logs and checkpoint; a resumed run restores the learner and the rngs from the checkpoint.
     run = Run(args, device, (q_network, target_network, optimizer), (rng, replay_rng), checkpoint)
     exploration_steps = args.exploration_fraction * args.total_timesteps
-    learning_starts = run.start_step + args.learning_starts  # a resumed run first refills its replay memory
+    learning_starts = run.start_step + args.learning_starts  # a resumed run refills its memory
 
     # The loop's state, all of it:
     global_step = run.start_step  # agent steps, summed over the envs
-    obs, infos = envs.reset(seed=args.seed + global_step)  # the stacks the agent sees (a resumed run: new games)
+    obs, infos = envs.reset(seed=args.seed + global_step)  # what the agent sees (resumed: new games)
     lives = infos["lives"]  # each env's lives left
-    serve = np.zeros(num_envs, np.bool_)  # the envs that just lost a life: FIRE serves their next ball
+    serve = np.zeros(num_envs, np.bool_)  # the envs that just lost a life: FIRE serves
     resetting = np.zeros(num_envs, np.bool_)  # the envs whose next step only resets their game
     episode_return = np.zeros(num_envs)  # each game's score so far
     episode_length = np.zeros(num_envs, np.int64)  # each game's agent steps so far
@@ -281,7 +261,7 @@ def train(args, envs=None, checkpoint=None):
             steps_before = global_step
             global_step += num_envs
             game_over = terminations | truncations
-            life_lost = infos["lives"] < lives  # the game goes on, but the value of the lost life is 0
+            life_lost = infos["lives"] < lives  # the game goes on, but the lost life's value is 0
             episode_return += rewards  # the raw score, all lives: the number papers report
             episode_length += ~resetting
             for env in np.flatnonzero(game_over):
@@ -298,7 +278,7 @@ def train(args, envs=None, checkpoint=None):
             serve = life_lost & ~game_over
             resetting = game_over
 
-            # Learn: one gradient step per train_frequency agent steps past learning_starts, however many envs.
+            # Learn: a gradient step per train_frequency agent steps past learning_starts.
             if global_step > learning_starts:
                 first = max(steps_before, learning_starts)
                 for _ in range(global_step // args.train_frequency - first // args.train_frequency):
@@ -310,15 +290,15 @@ def train(args, envs=None, checkpoint=None):
                     updates += 1
                     if not loss.isfinite():  # on a GPU, a wait for the update
                         raise FloatingPointError(f"the TD loss is {loss.item()} at step {global_step:,}")
-                    if updates % 25 == 0:  # reading a result from a GPU makes the host wait: now and then only
+                    if updates % 25 == 0:  # reading a GPU's result waits for it
                         run.writer.add_scalar("losses/td_loss", loss.item(), global_step)
                         run.writer.add_scalar("losses/q_values", q_values.mean().item(), global_step)
                 if global_step // args.target_network_frequency > steps_before // args.target_network_frequency:
                     for target_param, param in zip(target_network.parameters(), q_network.parameters()):
                         target_param.data.copy_(args.tau * param.data + (1.0 - args.tau) * target_param.data)
 
-            run.after_step(global_step, epsilon)  # a checkpoint every checkpoint_frequency steps, progress every 10 s
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (raised as Terminated): keep what was learned, then stop
+            run.after_step(global_step, epsilon)  # a checkpoint now and then, progress every 10 s
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (raised as Terminated): save, then stop
         run.save(global_step, stop)
         raise
     finally:
@@ -329,17 +309,15 @@ def train(args, envs=None, checkpoint=None):
         scores = evaluate(q_network, args.env_id, args.eval_episodes, args.eval_epsilon, device, args.seed + num_envs)
         for i, score in enumerate(scores):
             run.writer.add_scalar("eval/episodic_return", score, i)
-        run.save(global_step, evaluated=True)  # a run stopped before this evaluates when it is resumed
+        run.save(global_step, evaluated=True)  # a run stopped before this evaluates when resumed
     run.writer.close()
     return q_network, rb
 
 
 # ---------------------------------------------------------------- evaluation
-
-
 def evaluate(q_network, env_id, episodes, epsilon, device, seed):
-    """Plays `episodes` full games on fresh envs, one game per env so that long games are not undercounted.
-    FIRE follows a lost life, as in training."""
+    """Plays `episodes` full games on fresh envs, one game per env so that long games are not
+    undercounted. FIRE follows a lost life, as in training."""
     envs = make_env(env_id, episodes)
     rng = np.random.default_rng(seed)
     fire = fire_action(envs)
@@ -363,39 +341,38 @@ def evaluate(q_network, env_id, episodes, epsilon, device, seed):
 
 # ================================================================ run management
 # Everything below serves long runs and the command line; the algorithm above reads without it.
-
-
 class Run:
-    """A training run's folder: its TensorBoard logs, and its checkpoint, which holds what it takes to go on (the
-    networks, Adam, the random streams, the step and the last 20 scores; the replay memory is refilled)."""
+    """A training run's folder: its TensorBoard logs, and its checkpoint, which holds what it takes to go
+    on (the networks, Adam, the random streams, the step, the last 20 scores; the memory is refilled)."""
 
     def __init__(self, args, device, learner, rngs, checkpoint=None):
         self.args = args
         self.device = device
         self.learner = learner  # the Q-network, the target network and Adam
         self.rngs = rngs  # acting's and the replay memory's
-        self.recent_returns = deque(maxlen=20)  # the last 20 games' scores: the progress line's "return"
+        self.recent_returns = deque(maxlen=20)  # the progress line's "return"
         self.start_step = checkpoint["global_step"] if checkpoint else 0
         if checkpoint:
             q_network, target_network, optimizer = learner
             q_network.load_state_dict(checkpoint["model"])
             target_network.load_state_dict(checkpoint["target_model"])
-            state = copy.deepcopy(checkpoint["optimizer"])  # Adam would otherwise train the checkpoint's tensors
-            for group in state["param_groups"]:  # this run's settings: Adam keeps its step counts where fused says
+            state = copy.deepcopy(checkpoint["optimizer"])  # else Adam trains the checkpoint's own
+            for group in state["param_groups"]:  # this run's (fused: where Adam keeps its step)
                 group.update(lr=args.learning_rate, fused=args.fast)
             optimizer.load_state_dict(state)
-            for rng, saved in zip(rngs, checkpoint["rng"]):  # the streams go on, they do not start again
+            for rng, saved in zip(rngs, checkpoint["rng"]):  # the streams go on where they were
                 rng.bit_generator.state = saved
             self.recent_returns.extend(checkpoint["recent_returns"])
         name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.path = os.path.join(args.run_dir, name, "checkpoint.pt")
         # A resumed run drops what its stopped process logged after the checkpoint: each step once.
-        self.writer = SummaryWriter(os.path.dirname(self.path), purge_step=self.start_step + 1 if checkpoint else None)
+        purge_step = self.start_step + 1 if checkpoint else None
+        self.writer = SummaryWriter(os.path.dirname(self.path), purge_step=purge_step)
         if checkpoint is None:
             table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
             self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-        self.last_step = self.start_step
-        self.printed_at = time.time()
+        self.last_step = self.start_step  # for the checkpoints
+        self.printed_at = time.time()  # for the progress line
         self.printed_step = self.start_step
         going_on = f", going on from step {self.start_step:,}" if checkpoint else ""
         print(f"logs and checkpoints go to {os.path.dirname(self.path)}{going_on}")
@@ -403,26 +380,27 @@ class Run:
     def after_step(self, step, epsilon):
         every = self.args.checkpoint_frequency
         if every and step // every > self.last_step // every and step < self.args.total_timesteps:
-            self.save(step)  # the loop's end saves anyway
+            self.save(step)  # (the end saves anyway)
         self.last_step = step
         if time.time() - self.printed_at >= 10:
             sps = (step - self.printed_step) / (time.time() - self.printed_at)
             self.writer.add_scalar("charts/SPS", sps, step)
             self.writer.add_scalar("charts/epsilon", epsilon, step)
             left = datetime.timedelta(seconds=int((self.args.total_timesteps - step) / sps))
-            print(f"step {step:,}/{self.args.total_timesteps:,}  {sps:,.0f} steps/s  epsilon {epsilon:.3f}  return "
-                  f"{np.mean(self.recent_returns or [np.nan]):.1f} ({len(self.recent_returns)} games)  {left} left")
+            mean = np.mean(self.recent_returns or [np.nan])
+            print(f"step {step:,}/{self.args.total_timesteps:,}  {sps:,.0f} steps/s  epsilon {epsilon:.3f}  "
+                  f"return {mean:.1f} ({len(self.recent_returns)} games)  {left} left")
             self.printed_at = time.time()
             self.printed_step = step
 
     def save(self, step, stop=None, evaluated=False):
-        """Writes the checkpoint and flushes the logs; one line says so, and names a stop (Ctrl-C or SIGTERM)."""
+        """Writes the checkpoint and flushes the logs; one line says so and names a stop (Ctrl-C, SIGTERM)."""
         q_network, target_network, optimizer = self.learner
         save_checkpoint(self.path, {
             "model": q_network.state_dict(), "target_model": target_network.state_dict(),
             "optimizer": optimizer.state_dict(), "rng": [rng.bit_generator.state for rng in self.rngs],
             "global_step": step, "args": asdict(self.args), "recent_returns": list(self.recent_returns),
-            "evaluated": evaluated or not self.args.eval_episodes,  # see main: a resumed run evaluates if not
+            "evaluated": evaluated or not self.args.eval_episodes,  # else a resumed run evaluates
             "produced_by": {"torch": str(torch.__version__), "gymnasium": gym.__version__,
                             "ale_py": ale_py.__version__, "device": str(self.device)},
         })
@@ -433,8 +411,8 @@ class Run:
 
 
 def save_checkpoint(path, checkpoint):
-    """Writes to a temporary file beside path, then renames it over path: a kill at any instant (a crash, kill -9,
-    a second Ctrl-C) leaves the last complete checkpoint readable. Weights that are not all finite are never written."""
+    """Writes to a temporary file beside path, then renames it over path: a kill at any instant (a crash,
+    kill -9, a second Ctrl-C) leaves the last complete checkpoint. Weights not all finite are not written."""
     if not all(weights.isfinite().all() for weights in checkpoint["model"].values()):
         raise FloatingPointError(f"the Q-network's weights are not finite at step {checkpoint['global_step']:,}")
     temporary = path + ".tmp"
@@ -446,13 +424,13 @@ def save_checkpoint(path, checkpoint):
 
 
 def load_checkpoint(path):
-    """A checkpoint that train saved (a dict of tensors and plain values) and its Q-network, or a ValueError."""
+    """A checkpoint that train saved (tensors and plain values) and its Q-network, or a ValueError."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         missing = {"model", "args", "global_step"} - set(checkpoint)
         if missing:
             raise KeyError(f"no {missing}")
-        q_network = QNetwork(list(checkpoint["model"].values())[-1].shape[0])  # the output bias comes last
+        q_network = QNetwork(list(checkpoint["model"].values())[-1].shape[0])  # the output bias is last
         q_network.load_state_dict(checkpoint["model"])
     except Exception as error:  # whatever the file holds, the user needs one line, not a traceback
         raise ValueError(f"cannot read a checkpoint of this script from {path} ({type(error).__name__})") from None
@@ -460,8 +438,8 @@ def load_checkpoint(path):
 
 
 def resume_args(args, argv):
-    """For --resume: the saved run's args with the command line's flags over them, and its checkpoint; or (args,
-    None) where --resume auto finds no checkpoint yet. A ValueError where the checkpoint cannot go on."""
+    """For --resume: the saved run's args with argv's flags over them, and its checkpoint; or (args, None)
+    where --resume auto finds no checkpoint yet. A ValueError where the checkpoint cannot go on."""
     auto = args.resume == "auto"
     if auto and not args.run_name:
         raise ValueError("--resume auto needs --run-name: the name a restart finds the run by")
@@ -475,11 +453,11 @@ def resume_args(args, argv):
     dropped = sorted(set(checkpoint["args"]) - flags)
     if dropped:
         print(f"the saved run's {', '.join(dropped)}: no longer a flag, dropped")
-    run_dir, run_name = os.path.split(os.path.dirname(path))  # by default the run goes on in the checkpoint's folder
+    run_dir, run_name = os.path.split(os.path.dirname(path))  # by default, the checkpoint's folder
     kept = {name: value for name, value in checkpoint["args"].items() if name in flags}
     saved = Args(**{**kept, "run_dir": run_dir, "run_name": run_name, "resume": args.resume})
-    resumed = tyro.cli(Args, args=argv, default=saved)  # the command line again, over the saved run's args
-    if resumed.exploration_fraction == saved.exploration_fraction:  # epsilon keeps its steps (fit into a cut run)
+    resumed = tyro.cli(Args, args=argv, default=saved)  # the command line over the saved args
+    if resumed.exploration_fraction == saved.exploration_fraction:  # epsilon keeps its steps
         exploration_steps = saved.exploration_fraction * saved.total_timesteps
         resumed.exploration_fraction = min(1.0, exploration_steps / resumed.total_timesteps)
     changed = [f"--{name.replace('_', '-')} {getattr(resumed, name)} (saved: {getattr(saved, name)})"
@@ -508,7 +486,7 @@ def pick_device(args):
 
 
 def check_args(args):
-    """Raises a ValueError naming, as the user types it, the first flag that would make a wrong or failing run."""
+    """A ValueError naming (as typed) the first flag that would make a wrong or a failing run."""
     atari_spec(args.env_id)
     positive = ["total_timesteps", "num_envs", "batch_size", "learning_rate", "train_frequency",
                 "target_network_frequency"]
@@ -536,7 +514,7 @@ def check_args(args):
 
 def main():
     args = tyro.cli(Args)
-    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file as they are printed
+    sys.stdout.reconfigure(line_buffering=True)  # each line reaches a log file at once
     program = os.path.basename(sys.argv[0])
     checkpoint = None  # the run's, where it goes on
     try:
@@ -547,7 +525,7 @@ def main():
     except ValueError as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         sys.exit(2)
-    # Done: trained to the end and evaluated (a checkpoint that does not say was saved after its evaluation).
+    # Done: trained and evaluated (a checkpoint that does not say is from before "evaluated", after it).
     if checkpoint and checkpoint["global_step"] >= args.total_timesteps and checkpoint.get("evaluated", True):
         print(f"the run in {os.path.join(args.run_dir, args.run_name)} is done: it reached its "
               f"{args.total_timesteps:,} steps (a larger --total-timesteps extends it)")
@@ -566,9 +544,9 @@ def main():
     except FloatingPointError as error:
         print(f"{program}: error: {error}; the checkpoint on disk is the last with finite weights", file=sys.stderr)
         sys.exit(1)
-    except MemoryError:  # the replay memory takes all of its memory when the run starts
-        print(f"{program}: error: --buffer-size {args.buffer_size:,} does not fit in this machine's memory "
-              f"(about {args.buffer_size * 7_070:,} bytes)", file=sys.stderr)
+    except MemoryError:  # the replay memory takes all of its memory as the run starts
+        print(f"{program}: error: --buffer-size {args.buffer_size:,} does not fit in this machine's memory",
+              file=sys.stderr)
         sys.exit(2)
 
 

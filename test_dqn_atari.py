@@ -19,6 +19,7 @@ import pytest
 import torch
 from ale_py import Action
 from ale_py.vector_env import AtariVectorEnv
+from PIL import Image, ImageSequence
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
@@ -28,6 +29,7 @@ from dqn_atari import Args, QNetwork, ReplayBuffer
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dqn_atari.py")
 BENCHMARK = os.path.join(os.path.dirname(SCRIPT), "benchmark.py")
 PLOT = os.path.join(os.path.dirname(SCRIPT), "results", "plot.py")
+RECORD = os.path.join(os.path.dirname(SCRIPT), "results", "record.py")
 
 
 # ---------------------------------------------------------------- references and a synthetic game
@@ -764,12 +766,16 @@ def plotted(run, out):
     return rows
 
 
+def script_module(path):
+    """A script of results/ as a module (a script in a folder, not a package)."""
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def plot_module():
-    """results/plot.py as a module (it is a script in a folder, not a package)."""
-    spec = importlib.util.spec_from_file_location("plot", PLOT)
-    plot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plot)
-    return plot
+    return script_module(PLOT)
 
 
 def test_plot_counts_training_hours_without_pauses(tmp_path):
@@ -779,7 +785,7 @@ def test_plot_counts_training_hours_without_pauses(tmp_path):
     for step, seconds in [(10, 0), (20, 10), (30, 20), (40, 900), (50, 910)]:  # paused 880 s before step 40
         writer.add_scalar("charts/episodic_return", -21.0, step, walltime=start + seconds)
     writer.close()
-    train, evaluation, final_step, hours = plot.read_run(str(tmp_path))
+    train, evaluation, final_step, hours, _ = plot.read_run(str(tmp_path))
     assert hours * 3600 == pytest.approx(30) and final_step == 50 and evaluation == []
     assert [round(h * 3600) for _, h, _ in train] == [0, 10, 20, 20, 30]
 
@@ -801,9 +807,125 @@ def test_plot_keeps_only_the_last_evaluation_of_an_extended_run(tmp_path):
     for game, score in enumerate([18.0, 20.0]):
         second.add_scalar("eval/episodic_return", score, game, walltime=start + 200)
     second.close()
-    train, evaluation, final_step, _ = plot.read_run(str(tmp_path))
+    train, evaluation, final_step, _, _ = plot.read_run(str(tmp_path))
     assert [step for step, _, _ in train] == [10, 20, 30, 40, 50] and final_step == 50
     assert [score for _, _, score in evaluation] == [18.0, 20.0]
+
+
+# ---------------------------------------------------------------- results/record.py
+
+
+def test_record_films_the_game_in_colour_at_full_size(tmp_path):
+    """2 s of Pong by an untrained network: a GIF of 30 agent steps at 70 ms each (repeats merged, the time kept),
+    160 wide and 210 high, in the colours of the game's own frames as gymnasium's AtariEnv renders them."""
+    torch.save({"model": QNetwork(6).state_dict(), "args": {"env_id": "PongNoFrameskip-v4"}, "global_step": 0},
+               tmp_path / "pong.pt")
+    gif = tmp_path / "pong.gif"
+    result = subprocess.run([sys.executable, RECORD, str(tmp_path / "pong.pt"), "--out", str(gif), "--seconds", "2"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith("30 frames, 2.1 s, ") and len(result.stdout.splitlines()) == 1
+    assert 1_000 < os.path.getsize(gif) < 100_000
+    frames = []  # the film as shown: each stored frame for its duration
+    for frame in ImageSequence.Iterator(Image.open(gif)):
+        assert frame.size == (160, 210) and frame.info["duration"] % 70 == 0
+        frames += [np.array(frame.convert("RGB"))] * (frame.info["duration"] // 70)
+    assert len(frames) == 30
+    colours = {tuple(pixel) for frame in frames for pixel in frame.reshape(-1, 3)}
+    env = gym.make("PongNoFrameskip-v4", obs_type="rgb")  # the reference: the game's frames, another way
+    seen = [env.reset(seed=0)[0]] + [env.step(action)[0] for action in np.random.default_rng(0).integers(6, size=100)]
+    env.close()
+    reference = {tuple(pixel) for frame in seen for pixel in frame.reshape(-1, 3)}
+    assert len(colours) >= 5 and colours <= reference  # brown court, white walls, orange and green paddles, ...
+
+
+def lockstep_histories(env_id, agent_seed, film_seed, steps=800):
+    """The (reward, terminated, truncated, lives) of each step of make_env's env and record.py's colour env, stepped
+    with the same random actions (FIRE among them), each reset with its seed."""
+    envs, film = dqn_atari.make_env(env_id, 1), script_module(RECORD).colour_env(env_id)
+    envs.reset(seed=agent_seed)
+    frame = film.reset(seed=film_seed)[0]
+    assert frame.shape == (1, 1, 210, 160, 3)
+    rng = np.random.default_rng(0)
+    histories = ([], [])
+    for _ in range(steps):
+        action = rng.integers(envs.single_action_space.n, size=1)
+        for env, history in zip((envs, film), histories):
+            _, reward, terminated, truncated, infos = env.step(action)
+            history.append((reward[0], terminated[0], truncated[0], infos["lives"][0]))
+    return histories
+
+
+@pytest.mark.parametrize("env_id", ["PongNoFrameskip-v4", "ALE/Breakout-v5"])  # v5: sticky actions, lives
+def test_colour_env_stays_in_lockstep_with_the_agents_env(env_id):
+    """The film's env, seeded as the agent's, scores, loses lives and ends at the same steps over 800 random steps
+    with points in them (and in Breakout, finished games); seeded otherwise, it does not (the check can fail)."""
+    agent, film = lockstep_histories(env_id, 1, 1)
+    assert agent == film
+    assert sum(reward != 0 for reward, _, _, _ in agent) >= 3
+    assert env_id == "PongNoFrameskip-v4" or sum(terminated for _, terminated, _, _ in agent) >= 2
+    agent, film = lockstep_histories(env_id, 1, 2)
+    assert agent != film
+
+
+def test_record_refuses_bad_input_in_one_line(tmp_path):
+    (tmp_path / "bogus.pt").write_text("not a checkpoint")
+    torch.save({"model": QNetwork(6).state_dict(), "args": {"env_id": "PongNoFrameskip-v4"}, "global_step": 0},
+               tmp_path / "pong.pt")
+    for argv in [[str(tmp_path / "missing.pt")], [str(tmp_path / "bogus.pt")],
+                 [str(tmp_path / "pong.pt"), "--seconds", "0"], [str(tmp_path / "pong.pt"), "--seconds", "abc"]]:
+        result = subprocess.run([sys.executable, RECORD, *argv, "--out", str(tmp_path / "out.gif")],
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and result.stdout == "", argv
+        assert result.stderr.startswith("record.py: error: ") and len(result.stderr.splitlines()) == 1, argv
+    assert not (tmp_path / "out.gif").exists()
+
+
+def write_resumed_run(run_dir):
+    """Four processes: the first logs steps 10-30 (checkpoint at 20), the second resumes from 20 and logs 30-50
+    (checkpoint at 40), the third resumes from 40 and is killed before its next checkpoint, the fourth resumes from
+    40 again. Each logs every 10 s; the processes' own first events come 1000 s earlier: a gap, not counted."""
+    start = time.time() + 1000
+    for process, (resumed_from, steps) in enumerate([(None, (10, 20, 30)), (20, (30, 40, 50)), (40, (50, 60)),
+                                                      (40, (50, 60, 70))]):
+        purge_step = None if resumed_from is None else resumed_from + 1  # as dqn_atari's train sets it
+        writer = SummaryWriter(str(run_dir / "new"), purge_step=purge_step)
+        for i, step in enumerate(steps):
+            writer.add_scalar("charts/episodic_return", float(step), step, walltime=start + 100 * process + 10 * i)
+        writer.close()
+        # Files are named by their start second, then a counter that sorts as text (9 after 10): name them in order.
+        (path,) = (run_dir / "new").iterdir()
+        path.rename(run_dir / f"events.out.tfevents.{process:010d}.test")
+
+
+def test_plot_finds_each_resume_at_its_step_and_hours(tmp_path):
+    """The resumes from 20 and from 40 (the second restart from 40 replaces the first), each at the training hours
+    of its process's start: 20 s, then 20 + 20 + 10 s (the killed process's time counts)."""
+    write_resumed_run(tmp_path)
+    plot = plot_module()
+    train, evaluation, final_step, hours, resumes = plot.read_run(str(tmp_path))
+    assert [(step, round(h * 3600)) for step, h in resumes] == [(20, 20), (40, 50)]
+    assert [step for step, _, _ in train] == [10, 20, 30, 40, 50, 60, 70] and round(hours * 3600) == 70
+
+
+def test_plot_draws_resumes_and_target_on_both_panels(tmp_path, monkeypatch):
+    write_resumed_run(tmp_path / "run")
+    plot = plot_module()
+    monkeypatch.setattr(sys, "argv", ["plot.py", str(tmp_path / "run"), "--out", str(tmp_path / "curve"),
+                                      "--target", "18"])
+    plot.main()
+    import matplotlib.pyplot as plt  # plot.main chose the Agg backend first
+
+    steps_axes, hours_axes = plt.gcf().axes
+    for ax, resumes in ((steps_axes, [20 / 1e6, 40 / 1e6]), (hours_axes, [20 / 3600, 50 / 3600])):
+        vertical = [line.get_xdata()[0] for line in ax.lines if list(line.get_ydata()) == [0, 1]]
+        horizontal = [line.get_ydata()[0] for line in ax.lines if list(line.get_xdata()) == [0, 1]]
+        assert vertical == pytest.approx(resumes, rel=1e-3) and horizontal == [18]
+    labels = steps_axes.get_legend_handles_labels()[1]
+    assert labels.count("resumed") == 1 and "target 18" in labels
+    plt.close("all")
+    with open(tmp_path / "curve.csv") as file:
+        assert {line.split(",")[0] for line in file} == {"kind", "train"}  # no new kind of row
 
 
 def test_resume_drops_what_a_killed_run_logged_after_its_checkpoint(tmp_path):

@@ -1,13 +1,14 @@
 """A run's learning curve from its TensorBoard events, every resumed segment of it: a CSV and a PNG.
 
-    python results/plot.py RUN_FOLDER [--out results/pong]   ->   results/pong.csv, results/pong.png
+    python results/plot.py RUN_FOLDER [--out results/pong] [--target 18]   ->   results/pong.csv, results/pong.png
 
 The CSV has a row per game played in training (kind "train") and per game of the final evaluation (kind
 "eval"), each with the agent step, the training hours at that step and the score. Training hours add up the
 time between a process's consecutive training events; a process logs at least every ~10 s, so a silence of
 over PAUSE seconds (a pause, a machine asleep) and the gaps between processes do not count. The work of a
 stopped process after its last checkpoint is redone by the next one: its time counts, its points are
-replaced, as TensorBoard replaces them (purge_step). matplotlib is needed here only.
+replaced, as TensorBoard replaces them (purge_step). The PNG marks each resume with a thin vertical line, and
+--target's score with a dashed one. matplotlib is needed here only.
 """
 
 import argparse
@@ -25,11 +26,13 @@ PAUSE = 120  # seconds without a training event: the process was not running
 
 def read_run(run_dir):
     """The run's training games and evaluation games as lists of (step, hours, score), the last step it
-    logged in training and its training hours (the evaluation after training left out)."""
+    logged in training, its training hours (the evaluation after training left out), and the (step, hours)
+    where a new process took the run on from a checkpoint."""
     paths = sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*")))  # named by their start time
     if not paths:
         raise SystemExit(f"plot.py: error: no TensorBoard event files in {run_dir}")
     points = {TRAIN: [], EVAL: []}
+    resumes = []
     hours = 0.0  # training time so far, over all the processes
     final_step = 0
     for path in paths:
@@ -46,10 +49,12 @@ def read_run(run_dir):
                 points[TRAIN] = [p for p in points[TRAIN] if p[0] < event.step]
                 points[EVAL] = []
                 final_step = event.step - 1  # the step it resumed from
+                resumes = [r for r in resumes if r[0] < final_step]  # a restart from an earlier checkpoint
+                resumes.append((final_step, hours))  # redoes the resumes after it
             for value in event.summary.value:
                 if value.tag in points:
                     points[value.tag].append((event.step, hours, float(make_ndarray(value.tensor))))
-    return points[TRAIN], points[EVAL], final_step, hours
+    return points[TRAIN], points[EVAL], final_step, hours, resumes
 
 
 def running_mean(scores, window=20):
@@ -64,8 +69,9 @@ def main():
     parser.add_argument("run_dir", help="the run's folder, e.g. runs/<run_name>")
     parser.add_argument("--out", default="results/curve", help="path of the CSV and PNG, without suffix")
     parser.add_argument("--title", default="", help="the figure's title (default: the folder's name)")
+    parser.add_argument("--target", type=float, help="a score to mark with a dashed line, e.g. 18 for Pong")
     args = parser.parse_args()
-    train, evaluation, final_step, final_hours = read_run(args.run_dir)
+    train, evaluation, final_step, final_hours, resumes = read_run(args.run_dir)
     if not train:
         raise SystemExit(f"plot.py: error: {args.run_dir} holds no finished game yet")
     evaluation = [(final_step, final_hours, score) for _, _, score in evaluation]  # logged at 0, 1, ...
@@ -90,6 +96,11 @@ def main():
             end = final_step / 1e6 if ax is axes[0] else final_hours
             ax.errorbar(end, np.mean(eval_scores), yerr=np.std(eval_scores), fmt="o", color="tab:red",
                         capsize=4, label=f"final evaluation ({len(eval_scores)} games, mean +- std)")
+        if args.target is not None:
+            ax.axhline(args.target, color="tab:green", linestyle="--", linewidth=1, label=f"target {args.target:g}")
+        for i, (step, resume_hours) in enumerate(resumes):  # thin, behind the points: where a new process went on
+            ax.axvline(step / 1e6 if ax is axes[0] else resume_hours, color="gray", linewidth=0.8, zorder=1,
+                       label="resumed" if i == 0 else None)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("score (episodic return)")
@@ -98,7 +109,7 @@ def main():
     figure.tight_layout()
     figure.savefig(args.out + ".png", dpi=100)
     print(f"{len(train)} training games, {len(evaluation)} evaluation games, {final_step:,} steps, "
-          f"{final_hours:.2f} training hours -> {args.out}.csv, {args.out}.png")
+          f"{final_hours:.2f} training hours, {len(resumes)} resumes -> {args.out}.csv, {args.out}.png")
 
 
 if __name__ == "__main__":
