@@ -22,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 # ---------------------------------------------------------------- the arguments
 @dataclass
-class Args:
+class Args:  # the defaults are CleanRL's; the README's Design choices say where they differ from the paper
     exp_name: str = os.path.basename(__file__)[: -len(".py")]  # part of the run's name
     seed: int = 1  # seed of the networks, the exploration, the replay sampling and the envs
     torch_deterministic: bool = True  # if toggled, cuDNN picks deterministic kernels
@@ -31,9 +31,7 @@ class Args:
     run_dir: str = "runs"  # each run writes its logs and its checkpoint to <run_dir>/<run_name>/
     run_name: str = ""  # the run's folder (default: <env_id>__<exp_name>__<seed>__<unix time>)
     checkpoint_frequency: int = 100_000  # agent steps between checkpoints (0: at the end only)
-    # go on with the run that saved this checkpoint, in its folder ("auto": <run_dir>/<run_name>/
-    # checkpoint.pt if it is there, else start that run); flags given with it override the saved run's
-    resume: str = ""
+    resume: str = ""  # go on with this checkpoint's run, given flags overriding ("auto": run_dir/run_name's, if any)
     eval_checkpoint: str = ""  # if set, play this checkpoint's agent on its game, then exit
     env_id: str = "BreakoutNoFrameskip-v4"  # any Atari id: PongNoFrameskip-v4, ALE/Pong-v5, ...
     total_timesteps: int = 10_000_000  # agent steps, summed over all envs (one step is 4 frames)
@@ -137,7 +135,7 @@ class ReplayBuffer:
     def _write(self, env, frame):
         slot = self.written[env] % self.slots
         self.frames[env, slot] = frame
-        # Gone with the old frame: the transitions at this slot and stack-1 slots on.
+        # Gone with the old frame: the transitions at this slot and stack-1 on (the last writes took those between)
         self.valid[env, slot] = False
         self.valid[env, (slot + self.stack - 1) % self.slots] = False
         self.written[env] += 1
@@ -358,7 +356,7 @@ class Run:
             target_network.load_state_dict(checkpoint["target_model"])
             state = copy.deepcopy(checkpoint["optimizer"])  # else Adam trains the checkpoint's own
             for group in state["param_groups"]:  # this run's (fused: where Adam keeps its step)
-                group.update(lr=args.learning_rate, fused=args.fast)
+                group.update(lr=args.learning_rate, fused=args.fast, capturable=False)
             optimizer.load_state_dict(state)
             for rng, saved in zip(rngs, checkpoint["rng"]):  # the streams go on where they were
                 rng.bit_generator.state = saved
@@ -453,21 +451,24 @@ def resume_args(args, argv):
     dropped = sorted(set(checkpoint["args"]) - flags)
     if dropped:
         print(f"the saved run's {', '.join(dropped)}: no longer a flag, dropped")
-    run_dir, run_name = os.path.split(os.path.dirname(path))  # by default, the checkpoint's folder
+    run_dir, run_name = os.path.split(os.path.dirname(path) or ".")  # by default, the checkpoint's folder
     kept = {name: value for name, value in checkpoint["args"].items() if name in flags}
     saved = Args(**{**kept, "run_dir": run_dir, "run_name": run_name, "resume": args.resume})
     resumed = tyro.cli(Args, args=argv, default=saved)  # the command line over the saved args
     if resumed.exploration_fraction == saved.exploration_fraction:  # epsilon keeps its steps
         exploration_steps = saved.exploration_fraction * saved.total_timesteps
         resumed.exploration_fraction = min(1.0, exploration_steps / resumed.total_timesteps)
-    changed = [f"--{name.replace('_', '-')} {getattr(resumed, name)} (saved: {getattr(saved, name)})"
-               for name in sorted(flags) if getattr(resumed, name) != getattr(saved, name)]
-    if changed:
-        print(f"changed from the saved run: {', '.join(changed)}")
     num_actions = make_env(resumed.env_id, 1).single_action_space.n
     if num_actions != q_network.network[-1].out_features:
         raise ValueError(f"--env-id {resumed.env_id} has {num_actions} actions, the checkpoint's Q-network "
                          f"{q_network.network[-1].out_features}")
+    if checkpoint["global_step"] < resumed.total_timesteps <= checkpoint["global_step"] + resumed.learning_starts:
+        raise ValueError(f"--total-timesteps {resumed.total_timesteps:,} leaves no update: a resumed run first "
+                         f"collects --learning-starts {resumed.learning_starts:,} steps")
+    changed = [f"--{name.replace('_', '-')} {getattr(resumed, name)} (saved: {getattr(saved, name)})"
+               for name in sorted(flags) if getattr(resumed, name) != getattr(saved, name)]
+    if changed:
+        print(f"changed from the saved run: {', '.join(changed)}")
     return resumed, checkpoint
 
 
@@ -544,9 +545,9 @@ def main():
     except FloatingPointError as error:
         print(f"{program}: error: {error}; the checkpoint on disk is the last with finite weights", file=sys.stderr)
         sys.exit(1)
-    except MemoryError:  # the replay memory takes all of its memory as the run starts
-        print(f"{program}: error: --buffer-size {args.buffer_size:,} does not fit in this machine's memory",
-              file=sys.stderr)
+    except MemoryError:  # most likely as the run starts, where the replay memory takes all of its memory
+        print(f"{program}: error: out of memory (--buffer-size {args.buffer_size:,} takes about "
+              f"{args.buffer_size * 7070 / 1e9:.1f} GB)", file=sys.stderr)
         sys.exit(2)
 
 
