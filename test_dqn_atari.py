@@ -1104,9 +1104,9 @@ def test_one_command_starts_a_run_and_restarts_it(tmp_path):
     assert first.returncode == 0 and "going on" not in first.stdout, first.stderr
     again = run_script(*argv)
     assert again.returncode == 0 and "is done" in again.stdout and "logs and checkpoints" not in again.stdout
-    longer = run_script(*argv[:3], "1400", *argv[4:])  # a larger --total-timesteps extends it
+    longer = run_script(*argv[:3], "2300", *argv[4:])  # a larger --total-timesteps extends it (past the refill)
     assert longer.returncode == 0 and "going on from step 1,200" in longer.stdout, longer.stderr
-    assert torch.load(tmp_path / "job" / "checkpoint.pt", weights_only=True)["global_step"] == 1400
+    assert torch.load(tmp_path / "job" / "checkpoint.pt", weights_only=True)["global_step"] == 2300
     assert sorted(os.listdir(tmp_path)) == ["job"]
     result = run_script("--resume", "auto", "--run-dir", str(tmp_path))
     assert result.returncode == 2 and "--run-name" in result.stderr and result.stderr.count("\n") == 1
@@ -1166,15 +1166,20 @@ def test_a_buffer_larger_than_memory_is_refused_at_once(tmp_path):
 
 
 def test_the_replay_memory_is_written_when_it_is_made():
-    """Its pages are the process's own from the start (resident), not mapped lazily as the ring fills."""
-
-    def resident_kib():
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-
-    before = resident_kib()
-    rb = ReplayBuffer(20_000, 1)  # 141 MB of frames
-    assert resident_kib() - before > 0.9 * rb.frames.nbytes / 1024
+    """Its pages are the process's own from the start, not mapped as the ring fills: in a fresh process, making
+    it raises the resident memory by its size, where an np.zeros array of that size (mapped lazily) does not."""
+    code = "\n".join([
+        "import numpy as np, dqn_atari",
+        "rss = lambda: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:')) * 1024",
+        "before = rss()",
+        "lazy = np.zeros((20_000, 84, 84), np.uint8)",
+        "after_lazy = rss()",
+        "rb = dqn_atari.ReplayBuffer(20_000, 1)",
+        "print(after_lazy - before, rss() - after_lazy, rb.frames.nbytes)"])
+    result = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(SCRIPT), capture_output=True,
+                            text=True, timeout=300)
+    lazy, made, nbytes = map(int, result.stdout.split())
+    assert lazy < 0.1 * nbytes and made > 0.9 * nbytes, (lazy, made, nbytes)
 
 
 # ---------------------------------------------------------------- the benchmark
