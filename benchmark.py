@@ -98,12 +98,9 @@ def parts(args, fast):
     q_network, target_network, optimizer = dqn_atari.make_learner(num_actions, settings, device)
     obs = rb.sample(args.num_envs).obs
 
-    def update():  # the training loop's gradient step
+    def update():  # as the training loop does it
         batch = dqn_atari.Batch(*(dqn_atari.to_device(x, device) for x in rb.sample(settings.batch_size)))
-        loss, _ = dqn_atari.td_loss(q_network, target_network, batch, settings.gamma)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        dqn_atari.gradient_step(q_network, target_network, optimizer, batch, settings.gamma)
 
     timed = []
     for work, calls in [(lambda: dqn_atari.epsilon_greedy(q_network, obs, 0.0, num_actions, rng, device),

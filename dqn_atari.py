@@ -208,6 +208,15 @@ def td_loss(q_network, target_network, batch, gamma):
     return nn.functional.smooth_l1_loss(q_values, td_target), q_values
 
 
+def gradient_step(q_network, target_network, optimizer, batch, gamma):
+    """One Adam step down the TD loss of a batch; returns the loss and the batch's Q-values."""
+    loss, q_values = td_loss(q_network, target_network, batch, gamma)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss, q_values
+
+
 def make_learner(num_actions, args, device):
     """The Q-network, its target network (a copy) and Adam. args.fast (channels-last convolutions,
     fused Adam) changes how fast they compute, not what: a test compares the two paths."""
@@ -281,10 +290,7 @@ def train(args, envs=None, checkpoint=None):
                 first = max(steps_before, learning_starts)
                 for _ in range(global_step // args.train_frequency - first // args.train_frequency):
                     batch = Batch(*(to_device(x, device) for x in rb.sample(args.batch_size)))
-                    loss, q_values = td_loss(q_network, target_network, batch, args.gamma)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
+                    loss, q_values = gradient_step(q_network, target_network, optimizer, batch, args.gamma)
                     updates += 1
                     if not loss.isfinite():  # on a GPU, a wait for the update
                         raise FloatingPointError(f"the TD loss is {loss.item()} at step {global_step:,}")
@@ -295,7 +301,7 @@ def train(args, envs=None, checkpoint=None):
                     for target_param, param in zip(target_network.parameters(), q_network.parameters()):
                         target_param.data.copy_(args.tau * param.data + (1.0 - args.tau) * target_param.data)
 
-            run.after_step(global_step, epsilon)  # a checkpoint now and then, progress every 10 s
+            run.after_step(global_step, steps_before, epsilon)  # a checkpoint now and then, progress every 10 s
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (raised as Terminated): save, then stop
         run.save(global_step, stop)
         raise
@@ -364,22 +370,19 @@ class Run:
         name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.path = os.path.join(args.run_dir, name, "checkpoint.pt")
         # A resumed run drops what its stopped process logged after the checkpoint: each step once.
-        purge_step = self.start_step + 1 if checkpoint else None
-        self.writer = SummaryWriter(os.path.dirname(self.path), purge_step=purge_step)
+        self.writer = SummaryWriter(os.path.dirname(self.path), purge_step=self.start_step + 1 if checkpoint else None)
         if checkpoint is None:
             table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
             self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-        self.last_step = self.start_step  # for the checkpoints
         self.printed_at = time.time()  # for the progress line
         self.printed_step = self.start_step
         going_on = f", going on from step {self.start_step:,}" if checkpoint else ""
         print(f"logs and checkpoints go to {os.path.dirname(self.path)}{going_on}")
 
-    def after_step(self, step, epsilon):
+    def after_step(self, step, steps_before, epsilon):
         every = self.args.checkpoint_frequency
-        if every and step // every > self.last_step // every and step < self.args.total_timesteps:
+        if every and step // every > steps_before // every and step < self.args.total_timesteps:
             self.save(step)  # (the end saves anyway)
-        self.last_step = step
         if time.time() - self.printed_at >= 10:
             sps = (step - self.printed_step) / (time.time() - self.printed_at)
             self.writer.add_scalar("charts/SPS", sps, step)

@@ -461,12 +461,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def gradient_step(learner, batch, gamma=0.99):
-    """The training loop's update: the TD loss, then one Adam step; returns the loss and the mean Q-value."""
-    q_network, target_network, optimizer = learner
-    loss, q_values = dqn_atari.td_loss(q_network, target_network, batch, gamma)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
+    """The training loop's update on a learner of make_learner; returns the loss and the mean Q-value."""
+    loss, q_values = dqn_atari.gradient_step(*learner, batch, gamma)
     return loss.detach(), q_values.detach().mean()
 
 
@@ -1140,15 +1136,10 @@ def test_a_nan_loss_stops_the_run_with_exit_1_and_keeps_the_last_finite_checkpoi
         return (loss * float("nan") if len(calls) >= 200 else loss), q_values
 
     monkeypatch.setattr(dqn_atari, "td_loss", nan_from_the_200th_update)
-    monkeypatch.setattr(sys, "argv", ["dqn_atari.py", "--env-id", "PongNoFrameskip-v4", "--total-timesteps", "3000",
-                                      "--learning-starts", "500", "--buffer-size", "5000", "--checkpoint-frequency",
-                                      "1000", "--run-dir", str(tmp_path), "--run-name", "nan", "--no-cuda"])
-    handler = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            dqn_atari.main()
-    finally:
-        signal.signal(signal.SIGTERM, handler)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(monkeypatch, "--env-id", "PongNoFrameskip-v4", "--total-timesteps", "3000", "--learning-starts", "500",
+                 "--buffer-size", "5000", "--checkpoint-frequency", "1000", "--run-dir", str(tmp_path), "--run-name",
+                 "nan", "--no-cuda")
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and err.count("\n") == 1
     assert "the TD loss is nan at step 1,300" in err  # the 200th update: step 500 + 200 * 4
