@@ -37,6 +37,7 @@ class Args:  # the defaults are CleanRL's; the README's Design choices say where
     total_timesteps: int = 10_000_000  # agent steps, summed over all envs (one step is 4 frames)
     num_envs: int = 1  # envs stepped together in C++ threads; the replay ratio is the same
     learning_rate: float = 1e-4  # Adam's learning rate
+    adam_eps: float = 1e-8  # Adam's epsilon (the README's Pong recipe: 1.5e-4, as in Rainbow)
     buffer_size: int = 1_000_000  # replay memory in transitions (~7 KB each, taken at the start)
     gamma: float = 0.99  # the discount factor
     tau: float = 1.0  # target network update rate (1.0: copy the weights)
@@ -223,7 +224,7 @@ def make_learner(num_actions, args, device):
     layout = torch.channels_last if args.fast else torch.contiguous_format
     q_network = QNetwork(num_actions).to(device, memory_format=layout)
     target_network = copy.deepcopy(q_network)
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, fused=args.fast)
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=args.learning_rate, eps=args.adam_eps, fused=args.fast)
     return q_network, target_network, optimizer
 
 
@@ -362,7 +363,7 @@ class Run:
             target_network.load_state_dict(checkpoint["target_model"])
             state = copy.deepcopy(checkpoint["optimizer"])  # else Adam trains the checkpoint's own
             for group in state["param_groups"]:  # this run's (fused: where Adam keeps its step)
-                group.update(lr=args.learning_rate, fused=args.fast, capturable=False)
+                group.update(lr=args.learning_rate, eps=args.adam_eps, fused=args.fast, capturable=False)
             optimizer.load_state_dict(state)
             for rng, saved in zip(rngs, checkpoint["rng"]):  # the streams go on where they were
                 rng.bit_generator.state = saved

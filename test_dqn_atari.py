@@ -466,6 +466,22 @@ def gradient_step(learner, batch, gamma=0.99):
     return loss.detach(), q_values.detach().mean()
 
 
+def test_adam_eps_sets_the_step_of_a_small_gradient_as_by_hand():
+    """Adam's first step is lr * g / (|g| + eps): with eps 1e-8 a gradient of 1e-6 moves a weight by about lr,
+    as much as a large one; with --adam-eps 1.5e-4 it moves it by lr / 151, on both paths."""
+    lr, g = 1e-4, 1e-6
+    for adam_eps in (1e-8, 1.5e-4):
+        for fast in (False, True):
+            q_network, _, optimizer = dqn_atari.make_learner(6, Args(learning_rate=lr, adam_eps=adam_eps, fast=fast),
+                                                             torch.device("cpu"))
+            for p in q_network.parameters():
+                p.detach().zero_()  # from 0, the step is read without rounding
+                p.grad = torch.full_like(p, g)
+            optimizer.step()
+            for p in q_network.parameters():
+                torch.testing.assert_close(-p.detach(), torch.full_like(p, lr * g / (g + adam_eps)), rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_fast_path_computes_what_the_plain_one_does(device, monkeypatch):
     """Channels-last convolutions and fused Adam change how fast the loop acts and learns, not what it computes.
@@ -952,7 +968,7 @@ def test_resume_restores_weights_optimizer_and_random_streams(tmp_path, monkeypa
     dqn_atari.train(args, Catch(1))
     saved = torch.load(tmp_path / "catch" / "checkpoint.pt", weights_only=True)
     assert saved["global_step"] == 650 and saved["produced_by"]["torch"] == torch.__version__
-    resumed = Args(**{**saved["args"], "learning_rate": 2e-4, "fast": False})  # flags given beside --resume
+    resumed = Args(**{**saved["args"], "learning_rate": 2e-4, "adam_eps": 1.5e-4, "fast": False})  # given flags
     learner = dqn_atari.make_learner(3, resumed, torch.device("cpu"))
     dqn_atari.Run(resumed, torch.device("cpu"), learner, np.random.default_rng(0).spawn(2), saved)
     q_network, target_network, optimizer = learner
@@ -962,7 +978,9 @@ def test_resume_restores_weights_optimizer_and_random_streams(tmp_path, monkeypa
         assert torch.equal(target_network.state_dict()[name], saved["target_model"][name])
     restored = optimizer.state_dict()
     assert saved["optimizer"]["param_groups"][0]["fused"] and saved["optimizer"]["param_groups"][0]["lr"] == 5e-4
+    assert saved["optimizer"]["param_groups"][0]["eps"] == 1e-8
     assert restored["param_groups"][0]["lr"] == 2e-4 and not restored["param_groups"][0]["fused"]  # this run's
+    assert restored["param_groups"][0]["eps"] == 1.5e-4
     for index, state in saved["optimizer"]["state"].items():
         for key in ["step", "exp_avg", "exp_avg_sq"]:
             assert torch.equal(restored["state"][index][key], state[key]), key
