@@ -478,8 +478,8 @@ def test_adam_eps_sets_the_step_of_a_small_gradient_as_by_hand():
                 p.detach().zero_()  # from 0, the step is read without rounding
                 p.grad = torch.full_like(p, g)
             optimizer.step()
-            for p in q_network.parameters():
-                torch.testing.assert_close(-p.detach(), torch.full_like(p, lr * g / (g + adam_eps)), rtol=1e-5, atol=0)
+            for p in q_network.parameters():  # 1e-3: torch's CPU kernels gave 2e-4 on one host; eps 1e-8 alone is 1%
+                torch.testing.assert_close(-p.detach(), torch.full_like(p, lr * g / (g + adam_eps)), rtol=1e-3, atol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
