@@ -1218,3 +1218,25 @@ def test_benchmark_rejects_bad_arguments_with_exit_2(argv):
     result = subprocess.run([sys.executable, BENCHMARK, *argv], capture_output=True, text=True, timeout=120)
     said = (result.stdout + result.stderr).lower()
     assert result.returncode == 2 and ("error" in said or "invalid" in said) and "loop steps/s" not in said
+
+
+# ---------------------------------------------------------------- results/pong.pt
+PONG_AGENT = os.path.join(os.path.dirname(SCRIPT), "results", "pong.pt")
+
+
+def test_the_shipped_pong_agent_wins_a_game():
+    """results/pong.pt, the agent of the README's Pong run, plays a whole game greedily from a reset seed it was
+    neither trained nor evaluated on, and wins it: the game ends when a side reaches 21, the agent's side first."""
+    saved, q_network = dqn_atari.load_checkpoint(PONG_AGENT)
+    assert set(saved) == {"model", "args", "global_step"} and saved["args"]["env_id"] == "PongNoFrameskip-v4"
+    envs = dqn_atari.make_env("PongNoFrameskip-v4", 1)
+    obs, _ = envs.reset(seed=2026)
+    points = {1: 0, -1: 0}  # the agent's, the built-in opponent's
+    for _ in range(27_000):  # the game's frame cap, 108,000 frames, in agent steps
+        obs, reward, terminated, truncated, _ = envs.step(q_network.greedy(torch.as_tensor(obs)).numpy())
+        if reward[0]:
+            points[int(np.sign(reward[0]))] += 1
+        if terminated[0] or truncated[0]:
+            break
+    envs.close()
+    assert terminated[0] and points[1] == 21 and points[-1] < 21, points
