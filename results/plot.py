@@ -104,7 +104,7 @@ def main():
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("score (episodic return)")
-    axes[0].legend(loc="upper left", fontsize=8)  # Atari scores rise: the lower right fills up
+    axes[0].legend(loc="lower right", fontsize=8)  # scores rise: the lower right stays empty
     figure.suptitle(args.title or os.path.basename(os.path.normpath(args.run_dir)))
     figure.tight_layout()
     figure.savefig(args.out + ".png", dpi=100)
