@@ -3,9 +3,11 @@
 The algorithm first, in the paper's order: arguments, environment, Q-network, replay memory, epsilon-greedy
 acting, TD loss, training loop, evaluation. Then, fenced off, what long runs need around it."""
 
+import contextlib
 import copy
 import datetime
 import os
+import shutil
 import signal
 import sys
 import time
@@ -242,10 +244,10 @@ def train(args, envs=None, checkpoint=None):
     rng, replay_rng = np.random.default_rng(args.seed).spawn(2)  # acting's, replay sampling's
     rb = ReplayBuffer(args.buffer_size, num_envs, seed=replay_rng)
     q_network, target_network, optimizer = make_learner(num_actions, args, device)
-    # The run's logs and checkpoint; a resumed run restores the learner and the rngs from the checkpoint.
-    run = Run(args, device, (q_network, target_network, optimizer), (rng, replay_rng), checkpoint)
+    # The run's logs and checkpoint; a resumed run restores the learner, the rngs and the memory saved at its stop.
+    run = Run(args, device, (q_network, target_network, optimizer), (rng, replay_rng), rb, checkpoint)
     exploration_steps = args.exploration_fraction * args.total_timesteps
-    learning_starts = run.start_step + args.learning_starts  # a resumed run refills its memory
+    learning_starts = args.learning_starts + (0 if run.memory_kept else run.start_step)  # else it refills
 
     # The loop's state, all of it:
     global_step = run.start_step  # agent steps, summed over the envs
@@ -257,54 +259,58 @@ def train(args, envs=None, checkpoint=None):
     episode_length = np.zeros(num_envs, np.int64)  # each game's agent steps so far
     updates = 0  # gradient steps this process has made
     try:
-        while global_step < args.total_timesteps:
-            # Act: epsilon-greedy, but FIRE where a life was just lost.
-            epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
-            actions = epsilon_greedy(q_network, obs, epsilon, num_actions, rng, device)
-            if fire is not None:
-                actions[serve] = fire
+        with stops_between_steps() as stops:  # Ctrl-C and SIGTERM, noted: raised at a step's end
+            while global_step < args.total_timesteps:
+                # Act: epsilon-greedy, but FIRE where a life was just lost.
+                epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
+                actions = epsilon_greedy(q_network, obs, epsilon, num_actions, rng, device)
+                if fire is not None:
+                    actions[serve] = fire
 
-            # Step the envs; log the games that end.
-            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-            steps_before = global_step
-            global_step += num_envs
-            game_over = terminations | truncations
-            life_lost = infos["lives"] < lives  # the game goes on, but the lost life's value is 0
-            episode_return += rewards  # the raw score, all lives: the number papers report
-            episode_length += ~resetting
-            for env in np.flatnonzero(game_over):
-                run.recent_returns.append(float(episode_return[env]))
-                run.writer.add_scalar("charts/episodic_return", episode_return[env], global_step)
-                run.writer.add_scalar("charts/episodic_length", episode_length[env], global_step)
-            episode_return[game_over] = 0
-            episode_length[game_over] = 0
+                # Step the envs; log the games that end.
+                next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+                steps_before = global_step
+                global_step += num_envs
+                game_over = terminations | truncations
+                life_lost = infos["lives"] < lives  # the game goes on, but the lost life's value is 0
+                episode_return += rewards  # the raw score, all lives: the number papers report
+                episode_length += ~resetting
+                for env in np.flatnonzero(game_over):
+                    run.recent_returns.append(float(episode_return[env]))
+                    run.writer.add_scalar("charts/episodic_return", episode_return[env], global_step)
+                    run.writer.add_scalar("charts/episodic_length", episode_length[env], global_step)
+                episode_return[game_over] = 0
+                episode_length[game_over] = 0
 
-            # Store: clipped rewards and lost lives are for the TD target; a truncation bootstraps.
-            rb.add(obs, next_obs, actions, np.clip(rewards, -1, 1), terminations | life_lost, resetting)
-            obs = next_obs
-            lives = infos["lives"]
-            serve = life_lost & ~game_over
-            resetting = game_over
+                # Store: clipped rewards and lost lives are for the TD target; a truncation bootstraps.
+                rb.add(obs, next_obs, actions, np.clip(rewards, -1, 1), terminations | life_lost, resetting)
+                obs = next_obs
+                lives = infos["lives"]
+                serve = life_lost & ~game_over
+                resetting = game_over
 
-            # Learn: a gradient step per train_frequency agent steps past learning_starts.
-            if global_step > learning_starts:
-                first = max(steps_before, learning_starts)
-                for _ in range(global_step // args.train_frequency - first // args.train_frequency):
-                    batch = Batch(*(to_device(x, device) for x in rb.sample(args.batch_size)))
-                    loss, q_values = gradient_step(q_network, target_network, optimizer, batch, args.gamma)
-                    updates += 1
-                    if not loss.isfinite():  # on a GPU, a wait for the update
-                        raise FloatingPointError(f"the TD loss is {loss.item()} at step {global_step:,}")
-                    if updates % 25 == 0:  # reading a GPU's result waits for it
-                        run.writer.add_scalar("losses/td_loss", loss.item(), global_step)
-                        run.writer.add_scalar("losses/q_values", q_values.mean().item(), global_step)
-                if global_step // args.target_network_frequency > steps_before // args.target_network_frequency:
-                    for target_param, param in zip(target_network.parameters(), q_network.parameters()):
-                        target_param.data.copy_(args.tau * param.data + (1.0 - args.tau) * target_param.data)
+                # Learn: a gradient step per train_frequency agent steps past learning_starts.
+                if global_step > learning_starts:
+                    first = max(steps_before, learning_starts)
+                    for _ in range(global_step // args.train_frequency - first // args.train_frequency):
+                        batch = Batch(*(to_device(x, device) for x in rb.sample(args.batch_size)))
+                        loss, q_values = gradient_step(q_network, target_network, optimizer, batch, args.gamma)
+                        updates += 1
+                        if not loss.isfinite():  # on a GPU, a wait for the update
+                            raise FloatingPointError(f"the TD loss is {loss.item()} at step {global_step:,}")
+                        if updates % 25 == 0:  # reading a GPU's result waits for it
+                            run.writer.add_scalar("losses/td_loss", loss.item(), global_step)
+                            run.writer.add_scalar("losses/q_values", q_values.mean().item(), global_step)
+                    if global_step // args.target_network_frequency > steps_before // args.target_network_frequency:
+                        for target_param, param in zip(target_network.parameters(), q_network.parameters()):
+                            target_param.data.copy_(args.tau * param.data + (1.0 - args.tau) * target_param.data)
 
-            run.after_step(global_step, steps_before, epsilon)  # a checkpoint now and then, progress every 10 s
+                run.after_step(global_step, steps_before, epsilon)  # a checkpoint now and then, progress every 10 s
+                if stops:
+                    raise stops[0]
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (raised as Terminated): save, then stop
         run.save(global_step, stop)
+        run.save_memory(global_step)
         raise
     finally:
         run.writer.flush()  # whatever ends the loop (a NaN loss, a crash), its logs are on the disk
@@ -347,16 +353,18 @@ def evaluate(q_network, env_id, episodes, epsilon, device, seed):
 # ================================================================ run management
 # Everything below serves long runs and the command line; the algorithm above reads without it.
 class Run:
-    """A training run's folder: its TensorBoard logs, and its checkpoint, which holds what it takes to go
-    on (the networks, Adam, the random streams, the step, the last 20 scores; the memory is refilled)."""
+    """A training run's folder: its TensorBoard logs; its checkpoint, which holds what it takes to go on (the
+    networks, Adam, the random streams, the step, the last 20 scores); and, after a stop, its replay memory."""
 
-    def __init__(self, args, device, learner, rngs, checkpoint=None):
+    def __init__(self, args, device, learner, rngs, rb, checkpoint=None):
         self.args = args
         self.device = device
         self.learner = learner  # the Q-network, the target network and Adam
         self.rngs = rngs  # acting's and the replay memory's
+        self.rb = rb
         self.recent_returns = deque(maxlen=20)  # the progress line's "return"
         self.start_step = checkpoint["global_step"] if checkpoint else 0
+        self.run_id = (checkpoint or {}).get("run_id", time.time_ns())  # its start, in ns, marks its memory file
         if checkpoint:
             q_network, target_network, optimizer = learner
             q_network.load_state_dict(checkpoint["model"])
@@ -370,6 +378,7 @@ class Run:
             self.recent_returns.extend(checkpoint["recent_returns"])
         name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.path = os.path.join(args.run_dir, name, "checkpoint.pt")
+        self.memory_path = os.path.join(args.run_dir, name, "replay_memory.bin")
         # A resumed run drops what its stopped process logged after the checkpoint: each step once.
         self.writer = SummaryWriter(os.path.dirname(self.path), purge_step=self.start_step + 1 if checkpoint else None)
         if checkpoint is None:
@@ -379,6 +388,14 @@ class Run:
         self.printed_step = self.start_step
         going_on = f", going on from step {self.start_step:,}" if checkpoint else ""
         print(f"logs and checkpoints go to {os.path.dirname(self.path)}{going_on}")
+        self.memory_kept = False
+        if checkpoint:
+            refill = self.load_memory()
+            self.memory_kept = refill is None
+            self.writer.add_scalar("charts/memory_refilled", float(not self.memory_kept), self.start_step)
+            print(f"the replay memory goes on with its {rb.valid.sum():,} transitions" if self.memory_kept else
+                  f"refilling the replay memory ({refill}): learning goes on past step "
+                  f"{self.start_step + args.learning_starts:,}")
 
     def after_step(self, step, steps_before, epsilon):
         every = self.args.checkpoint_frequency
@@ -403,14 +420,68 @@ class Run:
             "optimizer": optimizer.state_dict(), "rng": [rng.bit_generator.state for rng in self.rngs],
             "global_step": step, "args": asdict(self.args), "recent_returns": list(self.recent_returns),
             "evaluated": evaluated or not self.args.eval_episodes,  # else a resumed run evaluates
+            "run_id": self.run_id,
             "produced_by": {"torch": str(torch.__version__), "gymnasium": gym.__version__,
                             "ale_py": ale_py.__version__, "device": str(self.device)},
         })
+        for stale in (self.memory_path, self.memory_path + ".tmp"):  # saved with an earlier checkpoint, or half
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stale)
         self.writer.flush()
         stopped_by = "" if stop is None else "SIGTERM, " if isinstance(stop, Terminated) else "Ctrl-C, "
         if not evaluated:
             print(f"{stopped_by}step {step:,}: checkpoint saved to {self.path}")
 
+    def memory_arrays(self, step):
+        """What the replay memory file holds, in order: the run and step it belongs to, then the buffer's arrays."""
+        rb = self.rb
+        return [np.array([self.run_id, step]), rb.frames, rb.actions, rb.rewards, rb.dones, rb.valid, rb.written]
+
+    def save_memory(self, step):
+        """Writes the replay memory beside the checkpoint of `step`, as .npy records read back without pickle:
+        from the arrays themselves (no copy in RAM), to a temporary file renamed when whole (a kill leaves none)."""
+        arrays = self.memory_arrays(step)
+        size = sum(array.nbytes for array in arrays)
+        temporary = self.memory_path + ".tmp"
+        try:
+            if shutil.disk_usage(os.path.dirname(self.memory_path)).free < size + 2**20:
+                raise OSError("not enough free disk")
+            print(f"saving the replay memory ({size / 1e9:.2f} GB) to {self.memory_path}; a resume goes on with it")
+            with open(temporary, "wb") as file:
+                for array in arrays:
+                    np.lib.format.write_array(file, array, allow_pickle=False)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, self.memory_path)
+        except OSError as error:
+            print(f"the replay memory ({size / 1e9:.2f} GB) is not saved ({error}): a resume refills it")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)  # what a failed or interrupted write left
+
+    def load_memory(self):
+        """Reads the replay memory saved with the checkpoint into the buffer's own arrays; None, or why not."""
+        arrays = self.memory_arrays(self.start_step)
+        marker, arrays[0] = arrays[0], np.zeros(2, np.int64)
+        try:
+            with open(self.memory_path, "rb") as file:
+                for array in arrays:
+                    if np.lib.format.read_magic(file) != (1, 0):
+                        raise ValueError("not a replay memory of this script")
+                    shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(file)
+                    if (shape, fortran_order, dtype) != (array.shape, False, array.dtype):
+                        raise ValueError("of another --buffer-size or --num-envs, or not of this script")
+                    if file.readinto(array) != array.nbytes:
+                        raise ValueError("truncated")
+                    if array is arrays[0] and not np.array_equal(array, marker):
+                        raise ValueError("saved by another run or at another step")
+            return None
+        except FileNotFoundError:
+            return "none was saved with this checkpoint: a periodic one, after a crash or kill -9"
+        except (OSError, ValueError) as error:
+            self.rb.valid.fill(False)  # what was read is dropped: the buffer is empty again
+            self.rb.written.fill(0)
+            return f"{self.memory_path} is {error}" if isinstance(error, ValueError) else str(error)
 
 def save_checkpoint(path, checkpoint):
     """Writes to a temporary file beside path, then renames it over path: a kill at any instant (a crash,
@@ -466,9 +537,6 @@ def resume_args(args, argv):
     if num_actions != q_network.network[-1].out_features:
         raise ValueError(f"--env-id {resumed.env_id} has {num_actions} actions, the checkpoint's Q-network "
                          f"{q_network.network[-1].out_features}")
-    if checkpoint["global_step"] < resumed.total_timesteps <= checkpoint["global_step"] + resumed.learning_starts:
-        raise ValueError(f"--total-timesteps {resumed.total_timesteps:,} leaves no update: a resumed run first "
-                         f"collects --learning-starts {resumed.learning_starts:,} steps")
     changed = [f"--{name.replace('_', '-')} {getattr(resumed, name)} (saved: {getattr(saved, name)})"
                for name in sorted(flags) if getattr(resumed, name) != getattr(saved, name)]
     if changed:
@@ -482,6 +550,23 @@ class Terminated(KeyboardInterrupt):
 
 def raise_terminated(signum, frame):
     raise Terminated()
+
+
+@contextlib.contextmanager
+def stops_between_steps():
+    """Inside, Ctrl-C and SIGTERM are noted in the list it gives, for the loop to raise between whole steps: a
+    checkpoint then never holds half a step (a target network half copied, a step counted but not stored)."""
+    stops = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum, handler in previous.items():
+        if handler != signal.SIG_IGN:  # a background job's Ctrl-C stays ignored
+            signal.signal(signum, lambda signum, frame: stops.append(
+                Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()))
+    try:
+        yield stops
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def pick_device(args):

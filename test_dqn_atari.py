@@ -721,9 +721,10 @@ def test_bad_checkpoint_exits_2_with_one_line(tmp_path):
 
 
 def test_sigterm_saves_then_resume_goes_on_in_the_same_folder(tmp_path):
-    """SIGTERM in the learning phase: exit 143, one line, a checkpoint of the step where it stopped, the logs
-    flushed. --resume on that checkpoint, with a new end, refills the buffer, learns on to it in the same folder,
-    and logs each step once; plot.py reads the two segments. The run is long: no machine ends it before the stop."""
+    """SIGTERM in the learning phase: exit 143, a line for the checkpoint of the step where it stopped and one for
+    the replay memory, the logs flushed. --resume on that checkpoint, with a new end, goes on with that memory (no
+    refill), learns on to the end in the same folder, and logs each step once; plot.py reads the two segments. The
+    run is long: no machine ends it before the stop."""
     argv = ["--env-id", "PongNoFrameskip-v4", "--total-timesteps", "1000000", "--learning-starts", "500",
             "--buffer-size", "5000", "--eval-episodes", "0", "--run-dir", str(tmp_path), "--run-name", "pong",
             "--no-cuda"]
@@ -740,6 +741,7 @@ def test_sigterm_saves_then_resume_goes_on_in_the_same_folder(tmp_path):
     (said,) = [line for line in out.splitlines() if line.startswith("SIGTERM")]
     stopped_at = int(said.split("step ")[1].split(":")[0].replace(",", ""))
     assert torch.load(run / "checkpoint.pt", weights_only=True)["global_step"] == stopped_at > 500
+    assert out.splitlines()[-1] == f"saving the replay memory (0.04 GB) to {run / 'replay_memory.bin'}; a resume goes on with it"
     assert logged_steps(run)["charts/SPS"]  # flushed on the way out
 
     end = stopped_at + 1000
@@ -751,9 +753,11 @@ def test_sigterm_saves_then_resume_goes_on_in_the_same_folder(tmp_path):
     logged = logged_steps(run)
     for tag in ["charts/SPS", "charts/episodic_return", "losses/td_loss"]:
         assert logged[tag] == sorted(set(logged[tag])), tag  # each step once, in order
-    # The resumed run learns again once it has refilled 500 steps, and goes on to the end.
-    assert not any(stopped_at < step <= stopped_at + 500 for step in logged["losses/td_loss"])
-    assert logged["losses/td_loss"][-1] > stopped_at + 500
+    # The resumed run learns on at once (a TD loss is logged each 25 updates: 100 steps), to the end.
+    assert "the replay memory goes on with its " in result.stdout and "refilling" not in result.stdout
+    assert any(stopped_at < step <= stopped_at + 100 for step in logged["losses/td_loss"])
+    assert logged["losses/td_loss"][-1] > end - 100
+    assert sorted(os.listdir(run)) == ["checkpoint.pt", *sorted(p for p in os.listdir(run) if "tfevents" in p)]
 
     rows = plotted(run, tmp_path / "curve")
     assert 0 < rows["train"][-1][1] < (time.time() - started) / 3600  # the hours, without the gap between
@@ -972,7 +976,8 @@ def test_resume_restores_weights_optimizer_and_random_streams(tmp_path, monkeypa
     assert saved["global_step"] == 650 and saved["produced_by"]["torch"] == torch.__version__
     resumed = Args(**{**saved["args"], "learning_rate": 2e-4, "adam_eps": 1.5e-4, "fast": False})  # given flags
     learner = dqn_atari.make_learner(3, resumed, torch.device("cpu"))
-    dqn_atari.Run(resumed, torch.device("cpu"), learner, np.random.default_rng(0).spawn(2), saved)
+    rb = ReplayBuffer(resumed.buffer_size, 1)
+    dqn_atari.Run(resumed, torch.device("cpu"), learner, np.random.default_rng(0).spawn(2), rb, saved)
     q_network, target_network, optimizer = learner
     for name, tensor in q_network.state_dict().items():
         assert torch.equal(tensor, saved["model"][name])
@@ -1045,17 +1050,14 @@ def test_resume_with_a_new_length_keeps_epsilons_schedule(tmp_path):
 
 
 def test_resume_refuses_what_cannot_go_on_with_one_line(tmp_path, monkeypatch, capsys):
-    """A game with another number of actions than the checkpoint's Q-network, an agent saved without what
-    training needs (results/pong.pt), and a new end that leaves no update after the refill (500 + 80,000
-    steps): exit 2 and one line each, before anything starts."""
+    """A game with another number of actions than the checkpoint's Q-network, and an agent saved without what
+    training needs (results/pong.pt): exit 2 and one line each, before anything starts."""
     saved_run(str(tmp_path / "run" / "checkpoint.pt"))
     torch.save({"model": QNetwork(6).state_dict(), "args": dataclasses_asdict(Args()), "global_step": 5},
                tmp_path / "agent.pt")
     for argv, says in [(["--resume", str(tmp_path / "run" / "checkpoint.pt"), "--env-id", "BreakoutNoFrameskip-v4"],
                         "--env-id BreakoutNoFrameskip-v4 has 4 actions, the checkpoint's Q-network 6"),
-                       (["--resume", str(tmp_path / "agent.pt")], "holds an agent to evaluate, not a run"),
-                       (["--resume", str(tmp_path / "run" / "checkpoint.pt"), "--total-timesteps", "1000"],
-                        "--total-timesteps 1,000 leaves no update")]:
+                       (["--resume", str(tmp_path / "agent.pt")], "holds an agent to evaluate, not a run")]:
         monkeypatch.setattr(sys, "argv", ["dqn_atari.py", *argv])
         with pytest.raises(SystemExit) as exit_info:
             dqn_atari.main()
@@ -1126,6 +1128,203 @@ def test_one_command_starts_a_run_and_restarts_it(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["job"]
     result = run_script("--resume", "auto", "--run-dir", str(tmp_path))
     assert result.returncode == 2 and "--run-name" in result.stderr and result.stderr.count("\n") == 1
+
+
+def stop_at_call(monkeypatch, owner, name, call, signum=signal.SIGTERM):
+    """Wraps owner.name so that its call number `call` sends this process the signal, in the middle of that step."""
+    original = getattr(owner, name)
+    calls = []
+
+    def wrapped(*a, **kw):
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signum)  # Python runs the handler at once, here, inside the step
+        return original(*a, **kw)
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return calls
+
+
+def stopped_catch_run(tmp_path, monkeypatch, envs=None):
+    """A Catch run stopped by SIGTERM in the iteration of step 400 (acting is called once a step): it saves its
+    checkpoint and memory, and raises Terminated. Returns its args, its replay buffer and its checkpoint."""
+    args = catch_args(tmp_path, run_name="catch", batch_size=4)
+    made = []
+    monkeypatch.setattr(dqn_atari, "ReplayBuffer", lambda *a, **kw: made.append(ReplayBuffer(*a, **kw)) or made[-1])
+    stop_at_call(monkeypatch, dqn_atari, "epsilon_greedy", 400)
+    with pytest.raises(dqn_atari.Terminated):
+        dqn_atari.train(args, envs or Catch(1))
+    monkeypatch.undo()
+    return args, made[0], torch.load(tmp_path / "catch" / "checkpoint.pt", weights_only=True)
+
+
+def read_memory_file(path):
+    """The records of a replay memory file, read by NumPy's own reader, one after another."""
+    records = []
+    with open(path, "rb") as file:
+        while file.peek(1):
+            records.append(np.lib.format.read_array(file, allow_pickle=False))
+    return records
+
+
+def resumed_buffer(args, checkpoint, capsys=None):
+    """A buffer of args' size, filled by the Run of a resume from checkpoint, and what the resume printed."""
+    rb = ReplayBuffer(args.buffer_size, 1)
+    learner = dqn_atari.make_learner(3, args, torch.device("cpu"))
+    run = dqn_atari.Run(args, torch.device("cpu"), learner, np.random.default_rng(0).spawn(2)[:1] + [rb.rng], rb,
+                        checkpoint)
+    run.writer.close()
+    return rb, run
+
+
+def test_a_stopped_runs_memory_comes_back_array_for_array_and_samples_the_same_batch(tmp_path, monkeypatch, capsys):
+    envs = Catch(1)
+    args, stopped, checkpoint = stopped_catch_run(tmp_path, monkeypatch, envs)
+    assert checkpoint["global_step"] == 400
+    records = read_memory_file(tmp_path / "catch" / "replay_memory.bin")
+    assert records[0].tolist() == [checkpoint["run_id"], 400]  # marked with the run and the step
+    arrays = ["frames", "actions", "rewards", "dones", "valid", "written"]
+    for name, record in zip(arrays, records[1:], strict=True):
+        assert np.array_equal(record, getattr(stopped, name)), name
+    capsys.readouterr()
+    rb, run = resumed_buffer(args, checkpoint)
+    said = f"the replay memory goes on with its {len(envs.transitions)} transitions"  # every one stored (< 400)
+    assert run.memory_kept and said in capsys.readouterr().out
+    for name in arrays:
+        assert np.array_equal(getattr(rb, name), getattr(stopped, name)), name
+    for a, b in zip(rb.sample(32), stopped.sample(32)):  # the restored stream, and the stopped run's own
+        assert np.array_equal(a, b)
+    assert logged_steps(tmp_path / "catch")["charts/memory_refilled"] == [400]
+
+
+def test_a_resume_with_its_memory_updates_at_the_first_step_where_an_update_is_due(tmp_path, monkeypatch, capsys):
+    args, _, checkpoint = stopped_catch_run(tmp_path, monkeypatch)
+    calls = stop_at_call(monkeypatch, dqn_atari, "td_loss", call=0)  # counts the updates
+    dqn_atari.train(Args(**{**checkpoint["args"], "total_timesteps": 451}), Catch(1), checkpoint)
+    assert len(calls) == 451 // 2 - 400 // 2  # updates at steps 402, 404, ..., 450: none skipped to refill
+    assert "refilling" not in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "catch" / "replay_memory.bin")  # a finished run deletes its memory
+
+
+class RunsCodeWhenUnpickled:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "buffer size", "pickle", "other step", "none"])
+def test_a_resume_refills_a_memory_it_cannot_trust_with_one_line(tmp_path, monkeypatch, capsys, damage):
+    args, _, checkpoint = stopped_catch_run(tmp_path, monkeypatch)
+    memory = tmp_path / "catch" / "replay_memory.bin"
+    if damage == "truncated":
+        os.truncate(memory, os.path.getsize(memory) - 1000)
+    elif damage == "buffer size":
+        args = Args(**{**dataclasses_asdict(args), "buffer_size": 4000})
+    elif damage == "pickle":  # the file holds a pickled object: it must not run
+        np.save(memory, np.array([RunsCodeWhenUnpickled(str(tmp_path / "ran"))], dtype=object), allow_pickle=True)
+        os.rename(str(memory) + ".npy", memory)
+    elif damage == "other step":
+        checkpoint = {**checkpoint, "global_step": 300}
+    else:
+        os.remove(memory)
+    capsys.readouterr()
+    rb, run = resumed_buffer(args, checkpoint)
+    (said,) = [line for line in capsys.readouterr().out.splitlines() if "replay memory" in line]
+    reason = {"truncated": "is truncated", "buffer size": "of another --buffer-size", "pickle": "of another",
+              "other step": "saved by another run or at another step", "none": "none was saved"}[damage]
+    assert said.startswith("refilling the replay memory (") and reason in said, said
+    assert not run.memory_kept and not rb.valid.any() and not rb.written.any()  # empty: it refills
+    assert not os.path.exists(tmp_path / "ran")
+    assert logged_steps(tmp_path / "catch")["charts/memory_refilled"] == [checkpoint["global_step"]]
+
+
+def test_a_resume_after_kill_9_refills_with_one_line(tmp_path):
+    argv = ["--env-id", "PongNoFrameskip-v4", "--total-timesteps", "100000", "--learning-starts", "500",
+            "--buffer-size", "5000", "--checkpoint-frequency", "1000", "--eval-episodes", "0", "--run-dir",
+            str(tmp_path), "--run-name", "pong", "--no-cuda"]
+    proc = subprocess.Popen([sys.executable, SCRIPT, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_step(proc.stdout, past=1000)  # a periodic checkpoint was written
+    finally:
+        proc.kill()
+        proc.communicate()
+    saved = torch.load(tmp_path / "pong" / "checkpoint.pt", weights_only=True)["global_step"]
+    result = run_script("--resume", str(tmp_path / "pong" / "checkpoint.pt"), "--total-timesteps", str(saved + 600))
+    assert result.returncode == 0, result.stderr
+    (said,) = [line for line in result.stdout.splitlines() if "replay memory" in line]
+    assert said == (f"refilling the replay memory (none was saved with this checkpoint: a periodic one, after a crash "
+                    f"or kill -9): learning goes on past step {saved + 500:,}")
+    assert min(logged_steps(tmp_path / "pong")["losses/td_loss"][-1:]) > saved + 500
+
+
+def test_a_stop_killed_while_it_writes_the_memory_leaves_none_that_loads(tmp_path, monkeypatch, capsys):
+    """A second Ctrl-C in the middle of the write: the file is not there, the temporary is gone, the resume refills.
+    A kill -9 there leaves a half temporary file: the resume refills too, and the next checkpoint deletes it."""
+    write_array = np.lib.format.write_array
+    written = []
+
+    def second_ctrl_c_after_the_frames(file, array, **kw):
+        written.append(array)
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        write_array(file, array, **kw)
+
+    monkeypatch.setattr(np.lib.format, "write_array", second_ctrl_c_after_the_frames)
+    args = catch_args(tmp_path, run_name="catch", batch_size=4)
+    stop_at_call(monkeypatch, dqn_atari, "epsilon_greedy", 400)
+    with pytest.raises(KeyboardInterrupt):
+        dqn_atari.train(args, Catch(1))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path / "catch"))[:1] == ["checkpoint.pt"] and len(os.listdir(tmp_path / "catch")) == 2
+    checkpoint = torch.load(tmp_path / "catch" / "checkpoint.pt", weights_only=True)
+    with open(tmp_path / "catch" / "replay_memory.bin.tmp", "wb") as file:  # what kill -9 would leave
+        write_array(file, np.array([checkpoint["run_id"], 400]))
+        write_array(file, np.zeros((1, 5000, 84, 84), np.uint8)[:, :100])
+    capsys.readouterr()
+    _, run = resumed_buffer(args, checkpoint)
+    assert not run.memory_kept and "refilling the replay memory (none was saved" in capsys.readouterr().out
+    run.save(400)
+    assert "replay_memory.bin.tmp" not in os.listdir(tmp_path / "catch")
+
+
+@pytest.mark.parametrize("where", ["acting", "env step", "store", "update", "target copy"])
+def test_a_stop_anywhere_in_a_step_takes_effect_between_whole_steps(tmp_path, monkeypatch, where):
+    """SIGTERM sent in the middle of step 400, at each of its parts (it syncs the target network and makes an
+    update). The checkpoint holds whole steps: a target network that is the Q-network's whole copy (no update
+    follows the sync in that step), and one Adam step per 2 agent steps past 200, as many as step 400 is due."""
+    envs = Catch(1)
+    args = catch_args(tmp_path, run_name="catch", batch_size=4)
+    if where == "target copy":  # between the second and third of its 10 tensors, in the 2nd sync (step 400)
+        make_learner = dqn_atari.make_learner
+
+        def learner_with_a_watched_target(*a):
+            q_network, target_network, optimizer = make_learner(*a)
+            parameters, syncs = target_network.parameters, []
+
+            def parameters_stopping_mid_copy():
+                syncs.append(1)
+                for i, parameter in enumerate(parameters()):
+                    if len(syncs) == 2 and i == 2:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    yield parameter
+
+            target_network.parameters = parameters_stopping_mid_copy
+            return q_network, target_network, optimizer
+
+        monkeypatch.setattr(dqn_atari, "make_learner", learner_with_a_watched_target)
+    else:
+        owner, name, call = {"acting": (dqn_atari, "epsilon_greedy", 400), "env step": (envs, "step", 400),
+                             "store": (ReplayBuffer, "add", 400), "update": (dqn_atari, "td_loss", 100)}[where]
+        stop_at_call(monkeypatch, owner, name, call)
+    with pytest.raises(dqn_atari.Terminated):
+        dqn_atari.train(args, envs)
+    saved = torch.load(tmp_path / "catch" / "checkpoint.pt", weights_only=True)
+    assert saved["global_step"] == 400
+    for name, tensor in saved["model"].items():
+        assert torch.equal(saved["target_model"][name], tensor), name
+    assert all(state["step"] == 400 // 2 - 200 // 2 for state in saved["optimizer"]["state"].values())
 
 
 def test_a_failed_write_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
