@@ -902,12 +902,15 @@ def test_record_refuses_bad_input_in_one_line(tmp_path):
 def write_resumed_run(run_dir):
     """Four processes: the first logs steps 10-30 (checkpoint at 20), the second resumes from 20 and logs 30-50
     (checkpoint at 40), the third resumes from 40 and is killed before its next checkpoint, the fourth resumes from
-    40 again. Each logs every 10 s; the processes' own first events come 1000 s earlier: a gap, not counted."""
+    40 again. Each logs every 10 s; the processes' own first events come 1000 s earlier: a gap, not counted. The
+    second went on with its replay memory, the third too, the fourth refilled it (its memory was not saved)."""
     start = time.time() + 1000
-    for process, (resumed_from, steps) in enumerate([(None, (10, 20, 30)), (20, (30, 40, 50)), (40, (50, 60)),
-                                                      (40, (50, 60, 70))]):
+    for process, (resumed_from, refilled, steps) in enumerate([(None, None, (10, 20, 30)), (20, 0, (30, 40, 50)),
+                                                                (40, 0, (50, 60)), (40, 1, (50, 60, 70))]):
         purge_step = None if resumed_from is None else resumed_from + 1  # as dqn_atari's train sets it
         writer = SummaryWriter(str(run_dir / "new"), purge_step=purge_step)
+        if resumed_from is not None:  # as dqn_atari's Run logs it, at the step it goes on from
+            writer.add_scalar("charts/memory_refilled", float(refilled), resumed_from, walltime=start + 100 * process)
         for i, step in enumerate(steps):
             writer.add_scalar("charts/episodic_return", float(step), step, walltime=start + 100 * process + 10 * i)
         writer.close()
@@ -922,7 +925,7 @@ def test_plot_finds_each_resume_at_its_step_and_hours(tmp_path):
     write_resumed_run(tmp_path)
     plot = plot_module()
     train, evaluation, final_step, hours, resumes = plot.read_run(str(tmp_path))
-    assert [(step, round(h * 3600)) for step, h in resumes] == [(20, 20), (40, 50)]
+    assert [(step, round(h * 3600), refilled) for step, h, refilled in resumes] == [(20, 20, False), (40, 50, True)]
     assert [step for step, _, _ in train] == [10, 20, 30, 40, 50, 60, 70] and round(hours * 3600) == 70
 
 
@@ -940,7 +943,8 @@ def test_plot_draws_resumes_and_target_on_both_panels(tmp_path, monkeypatch):
         horizontal = [line.get_ydata()[0] for line in ax.lines if list(line.get_xdata()) == [0, 1]]
         assert vertical == pytest.approx(resumes, rel=1e-3) and horizontal == [18]
     labels = steps_axes.get_legend_handles_labels()[1]
-    assert labels.count("resumed") == 1 and "target 18" in labels
+    assert labels.count("resumed") == 1 and labels.count("resumed, replay memory refilled") == 1
+    assert "target 18" in labels
     plt.close("all")
     with open(tmp_path / "curve.csv") as file:
         assert {line.split(",")[0] for line in file} == {"kind", "train"}  # no new kind of row

@@ -7,8 +7,8 @@ The CSV has a row per game played in training (kind "train") and per game of the
 time between a process's consecutive training events; a process logs at least every ~10 s, so a silence of
 over PAUSE seconds (a pause, a machine asleep) and the gaps between processes do not count. The work of a
 stopped process after its last checkpoint is redone by the next one: its time counts, its points are
-replaced, as TensorBoard replaces them (purge_step). The PNG marks each resume with a thin vertical line, and
---target's score with a dashed one. matplotlib is needed here only.
+replaced, as TensorBoard replaces them (purge_step). The PNG marks each resume with a thin vertical line (red,
+dotted where the resume refilled its replay memory), and --target's score with a dashed one. matplotlib is needed here only.
 """
 
 import argparse
@@ -20,14 +20,15 @@ import numpy as np
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.util.tensor_util import make_ndarray
 
-TRAIN, EVAL = "charts/episodic_return", "eval/episodic_return"
+TRAIN, EVAL, REFILLED = "charts/episodic_return", "eval/episodic_return", "charts/memory_refilled"
 PAUSE = 120  # seconds without a training event: the process was not running
 
 
 def read_run(run_dir):
     """The run's training games and evaluation games as lists of (step, hours, score), the last step it
-    logged in training, its training hours (the evaluation after training left out), and the (step, hours)
-    where a new process took the run on from a checkpoint."""
+    logged in training, its training hours (the evaluation after training left out), and the (step, hours,
+    refilled) where a new process took the run on from a checkpoint: refilled is True where it had to refill
+    its replay memory, False where it went on with it, None where the process did not say (older versions)."""
     paths = sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*")))  # named by their start time
     if not paths:
         raise SystemExit(f"plot.py: error: no TensorBoard event files in {run_dir}")
@@ -50,10 +51,12 @@ def read_run(run_dir):
                 points[EVAL] = []
                 final_step = event.step - 1  # the step it resumed from
                 resumes = [r for r in resumes if r[0] < final_step]  # a restart from an earlier checkpoint
-                resumes.append((final_step, hours))  # redoes the resumes after it
+                resumes.append((final_step, hours, None))  # redoes the resumes after it
             for value in event.summary.value:
                 if value.tag in points:
                     points[value.tag].append((event.step, hours, float(make_ndarray(value.tensor))))
+                if value.tag == REFILLED and resumes and resumes[-1][0] == event.step:  # logged as it resumes
+                    resumes[-1] = (*resumes[-1][:2], bool(make_ndarray(value.tensor)))
     return points[TRAIN], points[EVAL], final_step, hours, resumes
 
 
@@ -98,9 +101,13 @@ def main():
                         capsize=4, label=f"final evaluation ({len(eval_scores)} games, mean +- std)")
         if args.target is not None:
             ax.axhline(args.target, color="tab:green", linestyle="--", linewidth=1, label=f"target {args.target:g}")
-        for i, (step, resume_hours) in enumerate(resumes):  # thin, behind the points: where a new process went on
-            ax.axvline(step / 1e6 if ax is axes[0] else resume_hours, color="gray", linewidth=0.8, zorder=1,
-                       label="resumed" if i == 0 else None)
+        labels = set()
+        for step, resume_hours, refilled in resumes:  # thin, behind the points: where a new process went on
+            label = "resumed, replay memory refilled" if refilled else "resumed"
+            ax.axvline(step / 1e6 if ax is axes[0] else resume_hours, color="tab:red" if refilled else "gray",
+                       linestyle=":" if refilled else "-", linewidth=0.8, zorder=1,
+                       label=None if label in labels else label)
+            labels.add(label)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("score (episodic return)")
@@ -109,7 +116,8 @@ def main():
     figure.tight_layout()
     figure.savefig(args.out + ".png", dpi=100)
     print(f"{len(train)} training games, {len(evaluation)} evaluation games, {final_step:,} steps, "
-          f"{final_hours:.2f} training hours, {len(resumes)} resumes -> {args.out}.csv, {args.out}.png")
+          f"{final_hours:.2f} training hours, {len(resumes)} resumes ({sum(r[2] is True for r in resumes)} refilled)"
+          f" -> {args.out}.csv, {args.out}.png")
 
 
 if __name__ == "__main__":
