@@ -151,7 +151,7 @@ def in_fresh_process(fn, *args):
 def main():
     args = tyro.cli(Args)
     try:
-        dqn_atari.check_args(train_args(args, fast=True))
+        dqn_atari.check_args(train_args(args, fast=True, run_dir=tempfile.gettempdir()))
         if min(args.env_steps, args.updates, args.repeats) < 1 or args.loop_steps < 10 * args.num_envs:
             raise ValueError("env_steps, updates and repeats must be positive, and loop_steps at least 10 per env")
     except ValueError as error:

@@ -27,17 +27,17 @@ from torch.utils.tensorboard import SummaryWriter
 class Args:  # the defaults are CleanRL's; the README's Design choices say where they differ from the paper
     exp_name: str = os.path.basename(__file__)[: -len(".py")]  # part of the run's name
     seed: int = 1  # seed of the networks, the exploration, the replay sampling and the envs
-    torch_deterministic: bool = True  # if toggled, cuDNN picks deterministic kernels
-    cuda: bool = True  # if toggled, train on a GPU when one is present
+    torch_deterministic: bool = True  # cuDNN picks deterministic kernels (--no-torch-deterministic: its fastest)
+    cuda: bool = True  # train on a GPU when one is present (--no-cuda: on the CPU)
     fast: bool = True  # channels-last convolutions and fused Adam: the same updates, sooner
     run_dir: str = "runs"  # each run writes its logs and its checkpoint to <run_dir>/<run_name>/
-    run_name: str = ""  # the run's folder (default: <env_id>__<exp_name>__<seed>__<unix time>)
+    run_name: str = ""  # the run's folder; '' names it <env_id>__<exp_name>__<seed>__<unix time>
     checkpoint_frequency: int = 100_000  # agent steps between checkpoints (0: at the end only)
-    resume: str = ""  # go on with this checkpoint's run, given flags overriding ("auto": run_dir/run_name's, if any)
-    eval_checkpoint: str = ""  # if set, play this checkpoint's agent on its game, then exit
+    resume: str = ""  # go on with the run of this checkpoint or folder; 'auto': <run_dir>/<run_name>'s, if any
+    eval_checkpoint: str = ""  # play the games of this checkpoint's final evaluation (flags given override), exit
     env_id: str = "BreakoutNoFrameskip-v4"  # any Atari id: PongNoFrameskip-v4, ALE/Pong-v5, ...
-    total_timesteps: int = 10_000_000  # agent steps, summed over all envs (one step is 4 frames)
-    num_envs: int = 1  # envs stepped together in C++ threads; the replay ratio is the same
+    total_timesteps: int = 10_000_000  # agent steps, summed over all envs
+    num_envs: int = 1  # envs stepped together in C++ threads; the replay ratio stays the same
     learning_rate: float = 1e-4  # Adam's learning rate
     adam_eps: float = 1e-8  # Adam's epsilon (the README's Pong recipe: 1.5e-4, as in Rainbow)
     buffer_size: int = 1_000_000  # replay memory in transitions (~7 KB each, taken at the start)
@@ -77,12 +77,12 @@ def make_env(env_id, num_envs):
         img_height=84, img_width=84, grayscale=True, stack_num=4,  # 4 frames show motion; zeros before the 1st
         reward_clipping=False,  # keep the game's score for logging; the loop clips what it stores
         episodic_life=False,  # ale-py's would reset the game: the loop marks life losses instead
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,  # a game over's next step resets: the loop skips it
     )
 
 
 def fire_action(envs):
-    """FIRE's index in the env's action set, or None. Games like Breakout wait for FIRE after a lost
-    life; the loop sends it, as the published scores' FireReset wrapper does."""
+    """FIRE's index in the action set, or None: Breakout waits for FIRE after a lost life (FireReset's fix)."""
     action_set = list(envs.ale.get_action_set())
     return action_set.index(ale_py.Action.FIRE) if ale_py.Action.FIRE in action_set else None
 
@@ -103,11 +103,6 @@ class QNetwork(nn.Module):
 
     def forward(self, x):
         return self.network(x.float() / 255.0)  # uint8 in: frames stay 1 byte a pixel until here
-
-    @torch.no_grad()
-    def greedy(self, x):
-        """The action of the highest Q-value, for each stack in x (no autograd: this only plays)."""
-        return self(x).argmax(dim=1)
 
 
 # ---------------------------------------------------------------- the replay memory
@@ -159,19 +154,15 @@ class ReplayBuffer:
             self.valid[env, slot] = True
 
     def sample(self, batch_size):
-        assert self.written.any(), "the replay buffer holds no transition yet"
-        num_envs = len(self.frames)
         used = min(self.written.max(), self.slots)
-        envs = np.empty(0, np.int64)
-        slots = np.empty(0, np.int64)
+        envs, slots = np.empty(0, np.int64), np.empty(0, np.int64)
         while len(envs) < batch_size:  # keep the valid slots drawn: uniform
-            e = self.rng.integers(num_envs, size=batch_size)
+            e = self.rng.integers(len(self.frames), size=batch_size)
             j = self.rng.integers(used, size=batch_size)
             keep = self.valid[e, j]
             envs = np.concatenate([envs, e[keep]])
             slots = np.concatenate([slots, j[keep]])
-        envs = envs[:batch_size]
-        slots = slots[:batch_size]
+        envs, slots = envs[:batch_size], slots[:batch_size]
         window = (slots[:, None] + np.arange(1 - self.stack, 2)) % self.slots  # frames j-3 .. j+1
         frames = self.frames[envs[:, None], window]
         dones = self.dones[envs, slots].astype(np.float32)
@@ -196,7 +187,8 @@ def epsilon_greedy(q_network, obs, epsilon, num_actions, rng, device):
     actions = rng.integers(num_actions, size=len(obs))
     exploit = rng.random(len(obs)) >= epsilon
     if exploit.any():  # skipped while epsilon is 1: nothing to compute
-        actions[exploit] = q_network.greedy(to_device(obs, device)).cpu().numpy()[exploit]
+        with torch.no_grad():  # this only plays
+            actions[exploit] = q_network(to_device(obs, device)).argmax(dim=1).cpu().numpy()[exploit]
     return actions
 
 
@@ -221,8 +213,7 @@ def gradient_step(q_network, target_network, optimizer, batch, gamma):
 
 
 def make_learner(num_actions, args, device):
-    """The Q-network, its target network (a copy) and Adam. args.fast (channels-last convolutions,
-    fused Adam) changes how fast they compute, not what: a test compares the two paths."""
+    """The Q-network, its target network (a copy) and Adam; args.fast changes how fast they compute, not what."""
     layout = torch.channels_last if args.fast else torch.contiguous_format
     q_network = QNetwork(num_actions).to(device, memory_format=layout)
     target_network = copy.deepcopy(q_network)
@@ -244,10 +235,9 @@ def train(args, envs=None, checkpoint=None):
     rng, replay_rng = np.random.default_rng(args.seed).spawn(2)  # acting's, replay sampling's
     rb = ReplayBuffer(args.buffer_size, num_envs, seed=replay_rng)
     q_network, target_network, optimizer = make_learner(num_actions, args, device)
-    # The run's logs and checkpoint; a resumed run restores the learner, the rngs and the memory saved at its stop.
     run = Run(args, device, (q_network, target_network, optimizer), (rng, replay_rng), rb, checkpoint)
     exploration_steps = args.exploration_fraction * args.total_timesteps
-    learning_starts = args.learning_starts + (0 if run.memory_kept else run.start_step)  # else it refills
+    learning_starts = run.learning_starts  # args.learning_starts, later where a resume refills the memory
 
     # The loop's state, all of it:
     global_step = run.start_step  # agent steps, summed over the envs
@@ -257,10 +247,9 @@ def train(args, envs=None, checkpoint=None):
     resetting = np.zeros(num_envs, np.bool_)  # the envs whose next step only resets their game
     episode_return = np.zeros(num_envs)  # each game's score so far
     episode_length = np.zeros(num_envs, np.int64)  # each game's agent steps so far
-    updates = 0  # gradient steps this process has made
-    try:
-        with stops_between_steps() as stops:  # Ctrl-C and SIGTERM, noted: raised at a step's end
-            while global_step < args.total_timesteps:
+    with stops_between_steps() as stops:  # Ctrl-C and SIGTERM are noted, and end the loop between two steps
+        try:
+            while global_step < args.total_timesteps and not stops:
                 # Act: epsilon-greedy, but FIRE where a life was just lost.
                 epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
                 actions = epsilon_greedy(q_network, obs, epsilon, num_actions, rng, device)
@@ -295,40 +284,28 @@ def train(args, envs=None, checkpoint=None):
                     for _ in range(global_step // args.train_frequency - first // args.train_frequency):
                         batch = Batch(*(to_device(x, device) for x in rb.sample(args.batch_size)))
                         loss, q_values = gradient_step(q_network, target_network, optimizer, batch, args.gamma)
-                        updates += 1
-                        if not loss.isfinite():  # on a GPU, a wait for the update
-                            raise FloatingPointError(f"the TD loss is {loss.item()} at step {global_step:,}")
-                        if updates % 25 == 0:  # reading a GPU's result waits for it
-                            run.writer.add_scalar("losses/td_loss", loss.item(), global_step)
-                            run.writer.add_scalar("losses/q_values", q_values.mean().item(), global_step)
+                        run.log_update(loss, q_values, global_step)  # every 25th; a NaN loss stops the run
                     if global_step // args.target_network_frequency > steps_before // args.target_network_frequency:
                         for target_param, param in zip(target_network.parameters(), q_network.parameters()):
                             target_param.data.copy_(args.tau * param.data + (1.0 - args.tau) * target_param.data)
 
                 run.after_step(global_step, steps_before, epsilon)  # a checkpoint now and then, progress every 10 s
-                if stops:
-                    raise stops[0]
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (raised as Terminated): save, then stop
-        run.save(global_step, stop)
-        run.save_memory(global_step)
-        raise
-    finally:
-        run.writer.flush()  # whatever ends the loop (a NaN loss, a crash), its logs are on the disk
-    run.save(global_step)
+        finally:
+            run.writer.flush()  # whatever ends the loop (a NaN loss, a crash), its logs are on the disk
+        run.save(global_step, stops[0] if stops else None)  # at a stop, the replay memory follows the checkpoint
+    if stops:
+        raise stops[0]
 
     if args.eval_episodes:
         scores = evaluate(q_network, args.env_id, args.eval_episodes, args.eval_epsilon, device, args.seed + num_envs)
-        for i, score in enumerate(scores):
-            run.writer.add_scalar("eval/episodic_return", score, i)
-        run.save(global_step, evaluated=True)  # a run stopped before this evaluates when resumed
+        run.save(global_step, scores=scores)  # logged; a run stopped before this plays it when resumed
     run.writer.close()
     return q_network, rb
 
 
 # ---------------------------------------------------------------- evaluation
 def evaluate(q_network, env_id, episodes, epsilon, device, seed):
-    """Plays `episodes` full games on fresh envs, one game per env so that long games are not
-    undercounted. FIRE follows a lost life, as in training."""
+    """Plays `episodes` full games on fresh envs, one per env (long games are not undercounted), FIRE as in train."""
     envs = make_env(env_id, episodes)
     rng = np.random.default_rng(seed)
     fire = fire_action(envs)
@@ -357,14 +334,15 @@ class Run:
     networks, Adam, the random streams, the step, the last 20 scores); and, after a stop, its replay memory."""
 
     def __init__(self, args, device, learner, rngs, rb, checkpoint=None):
-        self.args = args
-        self.device = device
-        self.learner = learner  # the Q-network, the target network and Adam
-        self.rngs = rngs  # acting's and the replay memory's
-        self.rb = rb
-        self.recent_returns = deque(maxlen=20)  # the progress line's "return"
+        self.args, self.device, self.learner, self.rngs, self.rb = args, device, learner, rngs, rb
+        name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        self.folder = os.path.join(args.run_dir, name)
+        self.path = os.path.join(self.folder, "checkpoint.pt")
+        self.memory_path = os.path.join(self.folder, "replay_memory.bin")
         self.start_step = checkpoint["global_step"] if checkpoint else 0
-        self.run_id = (checkpoint or {}).get("run_id", time.time_ns())  # its start, in ns, marks its memory file
+        self.run_id = (checkpoint or {}).get("run_id", time.time_ns())  # marks the memory file as this run's
+        self.recent_returns = deque((checkpoint or {}).get("recent_returns", []), maxlen=20)  # the progress line's
+        self.updates = 0  # this process's, for the logs
         if checkpoint:
             q_network, target_network, optimizer = learner
             q_network.load_state_dict(checkpoint["model"])
@@ -375,27 +353,29 @@ class Run:
             optimizer.load_state_dict(state)
             for rng, saved in zip(rngs, checkpoint["rng"]):  # the streams go on where they were
                 rng.bit_generator.state = saved
-            self.recent_returns.extend(checkpoint["recent_returns"])
-        name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        self.path = os.path.join(args.run_dir, name, "checkpoint.pt")
-        self.memory_path = os.path.join(args.run_dir, name, "replay_memory.bin")
         # A resumed run drops what its stopped process logged after the checkpoint: each step once.
-        self.writer = SummaryWriter(os.path.dirname(self.path), purge_step=self.start_step + 1 if checkpoint else None)
-        if checkpoint is None:
+        self.writer = SummaryWriter(self.folder, purge_step=self.start_step + 1 if checkpoint else None)
+        going_on = f", going on from step {self.start_step:,}" if checkpoint else ""
+        print(f"logs and checkpoints go to {self.folder}{going_on}")
+        refill = self.load_memory() if checkpoint else None
+        self.learning_starts = args.learning_starts + (self.start_step if refill else 0)
+        if checkpoint:
+            self.writer.add_scalar("charts/memory_refilled", float(refill is not None), self.start_step)
+            print(f"refilling the replay memory ({refill}): learning goes on past step {self.learning_starts:,}"
+                  if refill else f"the replay memory goes on with its {rb.valid.sum():,} transitions")
+        else:
             table = "\n".join(f"|{key}|{value}|" for key, value in asdict(args).items())
             self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
-        self.printed_at = time.time()  # for the progress line
-        self.printed_step = self.start_step
-        going_on = f", going on from step {self.start_step:,}" if checkpoint else ""
-        print(f"logs and checkpoints go to {os.path.dirname(self.path)}{going_on}")
-        self.memory_kept = False
-        if checkpoint:
-            refill = self.load_memory()
-            self.memory_kept = refill is None
-            self.writer.add_scalar("charts/memory_refilled", float(not self.memory_kept), self.start_step)
-            print(f"the replay memory goes on with its {rb.valid.sum():,} transitions" if self.memory_kept else
-                  f"refilling the replay memory ({refill}): learning goes on past step "
-                  f"{self.start_step + args.learning_starts:,}")
+        self.printed_at, self.printed_step = time.time(), self.start_step  # for the progress line
+
+    def log_update(self, loss, q_values, step):
+        self.updates += 1
+        if self.updates % 25 == 0:  # now and then: on a GPU, reading a result waits for it
+            loss, q_value = loss.item(), q_values.mean().item()
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"the TD loss is {loss} at step {step:,}")
+            self.writer.add_scalar("losses/td_loss", loss, step)
+            self.writer.add_scalar("losses/q_values", q_value, step)
 
     def after_step(self, step, steps_before, epsilon):
         every = self.args.checkpoint_frequency
@@ -406,70 +386,71 @@ class Run:
             self.writer.add_scalar("charts/SPS", sps, step)
             self.writer.add_scalar("charts/epsilon", epsilon, step)
             left = datetime.timedelta(seconds=int((self.args.total_timesteps - step) / sps))
-            mean = np.mean(self.recent_returns or [np.nan])
+            left = f"{left} left" if self.printed_step >= self.learning_starts else "time left: once learning runs"
+            mean = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
             print(f"step {step:,}/{self.args.total_timesteps:,}  {sps:,.0f} steps/s  epsilon {epsilon:.3f}  "
-                  f"return {mean:.1f} ({len(self.recent_returns)} games)  {left} left")
-            self.printed_at = time.time()
-            self.printed_step = step
+                  f"return {mean} ({len(self.recent_returns)} games)  {left}")
+            self.printed_at, self.printed_step = time.time(), step
 
-    def save(self, step, stop=None, evaluated=False):
-        """Writes the checkpoint and flushes the logs; one line says so and names a stop (Ctrl-C, SIGTERM)."""
+    def save(self, step, stop=None, scores=None):
+        """Writes the checkpoint (with the final evaluation's scores: logged, the run evaluated), deletes the replay
+        memory saved with an earlier one, and says so in a line; at a stop (Ctrl-C, SIGTERM), saves the memory."""
         q_network, target_network, optimizer = self.learner
-        save_checkpoint(self.path, {
+        if not all(weights.isfinite().all() for weights in q_network.state_dict().values()):
+            raise FloatingPointError(f"the Q-network's weights are not finite at step {step:,}")
+        for i, score in enumerate([] if scores is None else scores):
+            self.writer.add_scalar("eval/episodic_return", score, i)
+        checkpoint = {
             "model": q_network.state_dict(), "target_model": target_network.state_dict(),
             "optimizer": optimizer.state_dict(), "rng": [rng.bit_generator.state for rng in self.rngs],
             "global_step": step, "args": asdict(self.args), "recent_returns": list(self.recent_returns),
-            "evaluated": evaluated or not self.args.eval_episodes,  # else a resumed run evaluates
-            "run_id": self.run_id,
+            "evaluated": scores is not None, "run_id": self.run_id,
             "produced_by": {"torch": str(torch.__version__), "gymnasium": gym.__version__,
                             "ale_py": ale_py.__version__, "device": str(self.device)},
-        })
+        }
+        write_atomically(self.path, lambda file: torch.save(checkpoint, file))
         for stale in (self.memory_path, self.memory_path + ".tmp"):  # saved with an earlier checkpoint, or half
             with contextlib.suppress(FileNotFoundError):
                 os.remove(stale)
         self.writer.flush()
-        stopped_by = "" if stop is None else "SIGTERM, " if isinstance(stop, Terminated) else "Ctrl-C, "
-        if not evaluated:
+        if scores is None:
+            stopped_by = "" if stop is None else "SIGTERM, " if isinstance(stop, Terminated) else "Ctrl-C, "
             print(f"{stopped_by}step {step:,}: checkpoint saved to {self.path}")
+        if stop is not None:
+            self.save_memory(step)
 
-    def memory_arrays(self, step):
-        """What the replay memory file holds, in order: the run and step it belongs to, then the buffer's arrays."""
+    def memory(self, step):
+        """The replay memory file's records: the run and step it belongs to, then the buffer's arrays."""
         rb = self.rb
         return [np.array([self.run_id, step]), rb.frames, rb.actions, rb.rewards, rb.dones, rb.valid, rb.written]
 
     def save_memory(self, step):
-        """Writes the replay memory beside the checkpoint of `step`, as .npy records read back without pickle:
-        from the arrays themselves (no copy in RAM), to a temporary file renamed when whole (a kill leaves none)."""
-        arrays = self.memory_arrays(step)
+        """.npy records, written from the arrays themselves (no copy in RAM) and read back with no pickle."""
+        arrays = self.memory(step)
         size = sum(array.nbytes for array in arrays)
-        temporary = self.memory_path + ".tmp"
+
+        def write(file):
+            for array in arrays:
+                np.lib.format.write_array(file, array, allow_pickle=False)
+
         try:
-            if shutil.disk_usage(os.path.dirname(self.memory_path)).free < size + 2**20:
+            if shutil.disk_usage(self.folder).free < size + 2**20:
                 raise OSError("not enough free disk")
             print(f"saving the replay memory ({size / 1e9:.2f} GB) to {self.memory_path}; a resume goes on with it")
-            with open(temporary, "wb") as file:
-                for array in arrays:
-                    np.lib.format.write_array(file, array, allow_pickle=False)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.memory_path)
+            write_atomically(self.memory_path, write)
         except OSError as error:
             print(f"the replay memory ({size / 1e9:.2f} GB) is not saved ({error}): a resume refills it")
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)  # what a failed or interrupted write left
 
     def load_memory(self):
         """Reads the replay memory saved with the checkpoint into the buffer's own arrays; None, or why not."""
-        arrays = self.memory_arrays(self.start_step)
+        arrays = self.memory(self.start_step)
         marker, arrays[0] = arrays[0], np.zeros(2, np.int64)
         try:
             with open(self.memory_path, "rb") as file:
                 for array in arrays:
                     if np.lib.format.read_magic(file) != (1, 0):
                         raise ValueError("not a replay memory of this script")
-                    shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(file)
-                    if (shape, fortran_order, dtype) != (array.shape, False, array.dtype):
+                    if np.lib.format.read_array_header_1_0(file) != (array.shape, False, array.dtype):
                         raise ValueError("of another --buffer-size or --num-envs, or not of this script")
                     if file.readinto(array) != array.nbytes:
                         raise ValueError("truncated")
@@ -483,17 +464,20 @@ class Run:
             self.rb.written.fill(0)
             return f"{self.memory_path} is {error}" if isinstance(error, ValueError) else str(error)
 
-def save_checkpoint(path, checkpoint):
-    """Writes to a temporary file beside path, then renames it over path: a kill at any instant (a crash,
-    kill -9, a second Ctrl-C) leaves the last complete checkpoint. Weights not all finite are not written."""
-    if not all(weights.isfinite().all() for weights in checkpoint["model"].values()):
-        raise FloatingPointError(f"the Q-network's weights are not finite at step {checkpoint['global_step']:,}")
+
+def write_atomically(path, write):
+    """write(file) to a temporary file, renamed over path once on the disk: a kill at any instant (a crash,
+    kill -9, a power cut) leaves the last whole file, and a failed write no half one."""
     temporary = path + ".tmp"
-    with open(temporary, "wb") as file:
-        torch.save(checkpoint, file)
-        file.flush()
-        os.fsync(file.fileno())  # on the disk before the rename: a power cut keeps one whole file
-    os.replace(temporary, path)  # atomic
+    try:
+        with open(temporary, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)  # atomic
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
 
 
 def load_checkpoint(path):
@@ -510,25 +494,26 @@ def load_checkpoint(path):
     return checkpoint, q_network
 
 
-def resume_args(args, argv):
-    """For --resume: the saved run's args with argv's flags over them, and its checkpoint; or (args, None)
-    where --resume auto finds no checkpoint yet. A ValueError where the checkpoint cannot go on."""
+def saved_args(args, argv):
+    """For --resume and --eval-checkpoint: the saved run's args with argv's flags over them (one line names each
+    change), its checkpoint and its Q-network; (args, None, None) where --resume auto finds no checkpoint yet."""
+    if args.resume and args.eval_checkpoint:
+        raise ValueError("give --resume or --eval-checkpoint, not both")
     auto = args.resume == "auto"
     if auto and not args.run_name:
         raise ValueError("--resume auto needs --run-name: the name a restart finds the run by")
-    path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt") if auto else args.resume
+    path = os.path.join(args.run_dir, args.run_name) if auto else args.resume or args.eval_checkpoint
+    path = os.path.join(path, "checkpoint.pt") if auto or os.path.isdir(path) else path  # a run's folder
     if auto and not os.path.exists(path):
-        return args, None
+        return args, None, None
     checkpoint, q_network = load_checkpoint(path)
-    if {"target_model", "optimizer", "rng", "recent_returns"} - set(checkpoint):
+    if args.resume and {"target_model", "optimizer", "rng", "recent_returns"} - set(checkpoint):
         raise ValueError(f"{path} holds an agent to evaluate, not a run to go on with")
     flags = {field.name for field in fields(Args)}
-    dropped = sorted(set(checkpoint["args"]) - flags)
-    if dropped:
-        print(f"the saved run's {', '.join(dropped)}: no longer a flag, dropped")
     run_dir, run_name = os.path.split(os.path.dirname(path) or ".")  # by default, the checkpoint's folder
-    kept = {name: value for name, value in checkpoint["args"].items() if name in flags}
-    saved = Args(**{**kept, "run_dir": run_dir, "run_name": run_name, "resume": args.resume})
+    kept = {name: value for name, value in checkpoint["args"].items() if name in flags}  # flags of today
+    saved = Args(**{**kept, "run_dir": run_dir, "run_name": run_name, "resume": args.resume,
+                    "eval_checkpoint": args.eval_checkpoint})
     resumed = tyro.cli(Args, args=argv, default=saved)  # the command line over the saved args
     if resumed.exploration_fraction == saved.exploration_fraction:  # epsilon keeps its steps
         exploration_steps = saved.exploration_fraction * saved.total_timesteps
@@ -541,7 +526,7 @@ def resume_args(args, argv):
                for name in sorted(flags) if getattr(resumed, name) != getattr(saved, name)]
     if changed:
         print(f"changed from the saved run: {', '.join(changed)}")
-    return resumed, checkpoint
+    return resumed, checkpoint, q_network
 
 
 class Terminated(KeyboardInterrupt):
@@ -554,8 +539,8 @@ def raise_terminated(signum, frame):
 
 @contextlib.contextmanager
 def stops_between_steps():
-    """Inside, Ctrl-C and SIGTERM are noted in the list it gives, for the loop to raise between whole steps: a
-    checkpoint then never holds half a step (a target network half copied, a step counted but not stored)."""
+    """Inside, Ctrl-C and SIGTERM are noted in the list it gives, for the loop to end between two whole steps: a
+    checkpoint never holds half a step (a target network half copied, a step counted but not stored)."""
     stops = []
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     for signum, handler in previous.items():
@@ -582,11 +567,9 @@ def check_args(args):
                 "target_network_frequency"]
     checks = [(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive") for name in positive]
     checks += [
-        (args.batch_size <= args.buffer_size, "--batch-size must not exceed --buffer-size"),
+        (args.seed >= 0, "--seed must be >= 0"),
         (args.buffer_size >= 5 * args.num_envs, "--buffer-size must hold at least 5 transitions per env"),
-        (args.learning_starts >= args.batch_size, "--learning-starts must be at least --batch-size"),
-        (args.learning_starts >= args.num_envs, "--learning-starts must be at least --num-envs"),
-        (args.learning_starts < args.total_timesteps, "--learning-starts must be below --total-timesteps"),
+        (0 <= args.learning_starts < args.total_timesteps, "--learning-starts must be in [0, --total-timesteps)"),
         (0 <= args.gamma <= 1, "--gamma must be in [0, 1]"),
         (0 < args.tau <= 1, "--tau must be in (0, 1]"),
         (0 < args.exploration_fraction <= 1, "--exploration-fraction must be in (0, 1]"),
@@ -595,39 +578,48 @@ def check_args(args):
         (args.eval_episodes >= 0, "--eval-episodes must be >= 0"),
         (args.eval_episodes > 0 or not args.eval_checkpoint, "--eval-checkpoint needs --eval-episodes >= 1"),
         (args.checkpoint_frequency >= 0, "--checkpoint-frequency must be >= 0"),
-        (not (args.resume and args.eval_checkpoint), "give --resume or --eval-checkpoint, not both"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    if not args.eval_checkpoint:  # the runs' folder, made now rather than after the replay memory
+        try:
+            os.makedirs(args.run_dir, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--run-dir {args.run_dir}: cannot make that folder ({error.strerror})") from None
 
 
 def main():
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__.splitlines()[0])
     sys.stdout.reconfigure(line_buffering=True)  # each line reaches a log file at once
     program = os.path.basename(sys.argv[0])
-    checkpoint = None  # the run's, where it goes on
+    checkpoint = q_network = None  # of --resume and --eval-checkpoint
     try:
-        if args.resume:
-            args, checkpoint = resume_args(args, sys.argv[1:])
+        if args.resume or args.eval_checkpoint:
+            args, checkpoint, q_network = saved_args(args, sys.argv[1:])
         check_args(args)
-        agent = load_checkpoint(args.eval_checkpoint) if args.eval_checkpoint else None
     except ValueError as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         sys.exit(2)
-    # Done: trained and evaluated (a checkpoint that does not say is from before "evaluated", after it).
-    if checkpoint and checkpoint["global_step"] >= args.total_timesteps and checkpoint.get("evaluated", True):
+    trained = bool(args.resume and checkpoint) and checkpoint["global_step"] >= args.total_timesteps
+    if trained and (checkpoint.get("evaluated", True) or not args.eval_episodes):  # not said: from before it
         print(f"the run in {os.path.join(args.run_dir, args.run_name)} is done: it reached its "
               f"{args.total_timesteps:,} steps (a larger --total-timesteps extends it)")
         return
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        if agent:
-            saved, q_network = agent
+        if args.eval_checkpoint or trained:  # games to play, nothing to train: no replay memory, no training envs
             device = pick_device(args)
-            evaluate(q_network.to(device), saved["args"]["env_id"], args.eval_episodes, args.eval_epsilon, device,
-                     args.seed)
+            scores = evaluate(q_network.to(device), args.env_id, args.eval_episodes, args.eval_epsilon, device,
+                              args.seed + args.num_envs)  # the games of the run's final evaluation
+            if trained:  # that evaluation, stopped before: logged, and the run is done
+                with SummaryWriter(os.path.join(args.run_dir, args.run_name)) as writer:
+                    for i, score in enumerate(scores):
+                        writer.add_scalar("eval/episodic_return", score, i)
+                path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt")
+                write_atomically(path, lambda file: torch.save({**checkpoint, "evaluated": True}, file))
         else:
+            print(f"taking {args.buffer_size * 7070 / 1e9:.2f} GB of replay memory ({args.buffer_size:,} transitions)")
             train(args, checkpoint=checkpoint)
     except KeyboardInterrupt as stop:  # the checkpoint and the logs were saved on the way out
         sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + the signal, as shells say

@@ -326,6 +326,15 @@ def test_make_env_gives_stacks_of_four_84x84_frames_zero_padded_at_reset():
     assert (next_obs[:, :3] == obs[:, 1:]).all()
 
 
+def test_make_env_names_the_autoreset_mode_that_the_loop_and_the_buffer_rely_on(monkeypatch):
+    """NEXT_STEP: the step after a game over only resets. Named, not left to ale-py's default: were the default to
+    change, a truncated game would bootstrap from the next game's first frame, with no error."""
+    made = []
+    monkeypatch.setattr(dqn_atari.ale_py.vector_env, "AtariVectorEnv", lambda **kw: made.append(kw))
+    dqn_atari.make_env("PongNoFrameskip-v4", 1)
+    assert made[0]["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+
+
 def test_make_env_takes_v5_ids_and_rejects_others():
     envs = dqn_atari.make_env("ALE/Breakout-v5", 1)
     assert envs.single_action_space.n == 4
@@ -379,8 +388,8 @@ def test_evaluation_fires_after_a_lost_life_so_a_noop_agent_loses_the_game(monke
     steps; without, the next ball is never served and the game runs to the 108,000-frame cap."""
 
     class AlwaysNoop(torch.nn.Module):
-        def greedy(self, x):
-            return torch.zeros(len(x), dtype=torch.int64)
+        def forward(self, x):  # Q-values whose largest is NOOP's (action 0)
+            return torch.eye(4)[torch.zeros(len(x), dtype=torch.int64)]
 
     played = []
     make_env = dqn_atari.make_env
@@ -504,7 +513,7 @@ def test_fast_path_computes_what_the_plain_one_does(device, monkeypatch):
         batch = dqn_atari.Batch(*(dqn_atari.to_device(np.ascontiguousarray(x), device) for x in (
             frames[:, :4], rng.integers(0, 6, 32), rng.normal(size=32).astype(np.float32), frames[:, 1:],
             (rng.random(32) < 0.2).astype(np.float32))))
-        assert torch.equal(fast_net.greedy(batch.obs[:8]), plain_net.greedy(batch.obs[:8]))
+        assert torch.equal(fast_net(batch.obs[:8]).argmax(1), plain_net(batch.obs[:8]).argmax(1))
         (plain_loss, plain_q), (fast_loss, fast_q) = gradient_step(plain, batch), gradient_step(fast, batch)
         assert fast_loss.item() == pytest.approx(plain_loss.item(), rel=1e-5)
         assert fast_q.item() == pytest.approx(plain_q.item(), rel=1e-5, abs=1e-6)
@@ -615,6 +624,24 @@ def test_training_is_deterministic_on_cpu(tmp_path):
     assert scalars(str(tmp_path / "c"))["losses/td_loss"] != losses_a  # the check above can fail
 
 
+def test_the_progress_line_gives_no_time_left_until_learning_runs_and_no_nan_before_a_game_ends(tmp_path, capsys):
+    """Before learning starts the steps are fast: a time left from them would be far too low."""
+    args = catch_args(tmp_path, run_name="run", total_timesteps=10_000, learning_starts=1000)
+    run = dqn_atari.Run(args, torch.device("cpu"), dqn_atari.make_learner(3, args, torch.device("cpu")),
+                        np.random.default_rng(0).spawn(2), ReplayBuffer(100, 1))
+    lines = []
+    for step, returns in [(500, []), (1000, [-1.0]), (2000, [-1.0, 3.0])]:  # each 10 s apart
+        run.recent_returns.extend(returns[len(run.recent_returns):])
+        run.printed_at -= 10
+        run.after_step(step, step - 1, 0.5)
+        lines.append(capsys.readouterr().out.strip())
+    assert lines[0].endswith("return - (0 games)  time left: once learning runs"), lines[0]
+    assert lines[1].endswith("return -1.0 (1 games)  time left: once learning runs"), lines[1]  # 500..1000: no
+    assert "return 1.0 (2 games)  " in lines[2] and lines[2].endswith(" left") and "once" not in lines[2]  # 100/s
+    left = lines[2].split("  ")[-1].split()[0]  # 8,000 steps at ~100 steps/s: about 80 s
+    assert 60 <= sum(int(x) * 60**i for i, x in enumerate(reversed(left.split(":")))) <= 90, lines[2]
+
+
 # ---------------------------------------------------------------- the script, end to end
 
 
@@ -665,17 +692,17 @@ def test_ctrl_c_saves_checkpoint_and_logs(tmp_path):
 
 BAD_ARGS = [  # the arguments, and what the one line must name
     (["--num-envs", "0"], "--num-envs must be positive"),
-    (["--batch-size", "64", "--buffer-size", "32"], "--batch-size must not exceed --buffer-size"),
-    (["--learning-starts", "16"], "--learning-starts must be at least --batch-size"),
+    (["--buffer-size", "-5"], "--buffer-size must hold at least 5 transitions per env"),
+    (["--buffer-size", "1"], "--buffer-size must hold at least 5 transitions per env"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--learning-starts", "-1"], "--learning-starts must be in [0, --total-timesteps)"),
     (["--exploration-fraction", "0"], "--exploration-fraction"),
     (["--exploration-fraction", "1.5"], "--exploration-fraction"),
     (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
-    (["--learning-starts", "100", "--total-timesteps", "100"], "--learning-starts must be below --total-timesteps"),
+    (["--learning-starts", "100", "--total-timesteps", "100"], "--learning-starts must be in [0, --total-timesteps)"),
     (["--gamma", "1.5"], "--gamma"),
     (["--end-e", "0.5", "--start-e", "0.1"], "--end-e <= --start-e"),
     (["--buffer-size", "40", "--num-envs", "16", "--batch-size", "8", "--learning-starts", "16"], "--buffer-size"),
-    (["--num-envs", "8", "--batch-size", "4", "--learning-starts", "4"],
-     "--learning-starts must be at least --num-envs"),
     (["--checkpoint-frequency", "-1"], "--checkpoint-frequency"),
     (["--eval-episodes", "-1"], "--eval-episodes"),
     (["--resume", "auto"], "--resume auto needs --run-name"),
@@ -699,6 +726,21 @@ def test_bad_env_id_from_the_command_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Pongg-v4" in result.stderr and "pprint_registry" in result.stderr
     assert not os.listdir(tmp_path)  # nothing was started
+
+
+def test_a_run_dir_that_cannot_be_made_is_refused_before_the_replay_memory(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    result = run_script("--env-id", "PongNoFrameskip-v4", "--run-dir", str(tmp_path / "a_file"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--run-dir" in result.stderr, result.stderr
+    assert result.stdout == ""  # not a word of the replay memory: it was not taken
+
+
+def test_help_opens_with_a_description_and_gives_each_flag_one_default():
+    result = run_script("--help")
+    assert result.returncode == 0 and "DQN for Atari" in result.stdout.split("--exp-name")[0]
+    run_name = " ".join(result.stdout.split("--run-name")[1].split("--checkpoint-frequency")[0].split())
+    assert run_name.count("default") == 1, run_name
+    assert "if toggled" not in result.stdout
 
 
 def test_load_checkpoint_reads_the_actions_from_the_network_without_starting_an_env(tmp_path, monkeypatch):
@@ -1006,7 +1048,8 @@ def test_resume_restores_weights_optimizer_and_random_streams(tmp_path, monkeypa
 
 def resume_argv(*argv):
     args = dqn_atari.tyro.cli(Args, args=list(argv))
-    return dqn_atari.resume_args(args, list(argv))
+    args, checkpoint, _ = dqn_atari.saved_args(args, list(argv))
+    return args, checkpoint
 
 
 def saved_run(path, global_step=500, **args):
@@ -1038,6 +1081,8 @@ def test_resume_takes_the_flags_given_and_says_each_change(tmp_path, monkeypatch
         assert change in said
     args, _ = resume_argv("--resume", "runs/x/checkpoint.pt")
     assert args == Args(**{**checkpoint["args"], "resume": "runs/x/checkpoint.pt"}) and capsys.readouterr().out == ""
+    args, folders = resume_argv("--resume", "runs/x")  # the run's folder: its checkpoint
+    assert folders["global_step"] == 500 and (args.run_dir, args.run_name) == ("runs", "x")
 
 
 def test_resume_with_a_new_length_keeps_epsilons_schedule(tmp_path):
@@ -1077,7 +1122,7 @@ def test_resume_takes_a_checkpoint_saved_before_flags_were_removed(tmp_path, cap
     checkpoint["args"]["cuda_graphs"] = False  # a flag of earlier versions
     torch.save(checkpoint, path)
     args, checkpoint = resume_argv("--resume", path)
-    assert capsys.readouterr().out == "the saved run's cuda_graphs: no longer a flag, dropped\n"
+    assert capsys.readouterr().out == ""  # a flag that is gone is dropped: the run goes on as saved
     assert checkpoint["global_step"] == 500 and args.env_id == "PongNoFrameskip-v4"
 
 
@@ -1108,12 +1153,49 @@ def test_a_run_stopped_in_its_final_evaluation_evaluates_when_resumed(tmp_path, 
 
     played = []
     monkeypatch.setattr(dqn_atari, "evaluate", lambda q, env_id, games, *a: played.append(games) or np.zeros(games))
+    monkeypatch.setattr(dqn_atari, "train", lambda *a, **kw: pytest.fail("it trains"))  # no memory, no envs
     run_main(monkeypatch, *argv)  # resumed: nothing left to train, the evaluation to play
     assert played == [3] and torch.load(tmp_path / "job" / "checkpoint.pt", weights_only=True)["evaluated"]
     assert logged_steps(tmp_path / "job")["eval/episodic_return"] == [0, 1, 2]
     capsys.readouterr()
     run_main(monkeypatch, *argv)
     assert played == [3] and "is done" in capsys.readouterr().out
+
+
+def test_eval_checkpoint_plays_the_games_of_its_runs_final_evaluation(tmp_path, monkeypatch, capsys):
+    """With no other flag, the same games as the run's own final evaluation, so the same scores; flags given play
+    other games; another --env-id is played, and named in one line."""
+    played = []
+    evaluate = dqn_atari.evaluate
+    monkeypatch.setattr(dqn_atari, "evaluate", lambda q, env_id, games, epsilon, device, seed: played.append(
+        (env_id, games, epsilon, seed)) or evaluate(q, env_id, games, epsilon, device, seed))
+    run_main(monkeypatch, "--env-id", "PongNoFrameskip-v4", "--total-timesteps", "600", "--learning-starts", "500",
+             "--buffer-size", "1000", "--eval-episodes", "2", "--eval-epsilon", "0.5", "--seed", "3", "--run-dir",
+             str(tmp_path), "--run-name", "run", "--no-cuda")
+    scores = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval: ")]
+    checkpoint = str(tmp_path / "run" / "checkpoint.pt")
+    run_main(monkeypatch, "--eval-checkpoint", checkpoint, "--no-cuda")
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval: ")] == scores
+    assert played == [("PongNoFrameskip-v4", 2, 0.5, 4)] * 2  # the seed + the number of envs, as train does
+    run_main(monkeypatch, "--eval-checkpoint", checkpoint, "--seed", "10", "--eval-episodes", "3", "--no-cuda")
+    run_main(monkeypatch, "--eval-checkpoint", checkpoint, "--env-id", "ALE/Pong-v5", "--no-cuda")
+    assert played[2:] == [("PongNoFrameskip-v4", 3, 0.5, 11), ("ALE/Pong-v5", 2, 0.5, 4)]
+    assert "--env-id ALE/Pong-v5 (saved: PongNoFrameskip-v4)" in capsys.readouterr().out
+
+
+def test_a_finished_run_resumed_for_its_evaluation_makes_no_replay_memory_and_no_training_envs(tmp_path, monkeypatch,
+                                                                                               capsys):
+    argv = ["--env-id", "PongNoFrameskip-v4", "--total-timesteps", "600", "--learning-starts", "500",
+            "--buffer-size", "1000", "--eval-episodes", "0", "--run-dir", str(tmp_path), "--run-name", "job",
+            "--resume", "auto", "--no-cuda"]
+    run_main(monkeypatch, *argv)  # trained, with no evaluation
+    played = []
+    monkeypatch.setattr(dqn_atari, "evaluate", lambda q, env_id, games, *a: played.append(games) or np.zeros(games))
+    monkeypatch.setattr(dqn_atari, "train", lambda *a, **kw: pytest.fail("it trains"))
+    run_main(monkeypatch, *argv, "--eval-episodes", "2")  # an evaluation asked for: played
+    run_main(monkeypatch, *argv, "--eval-episodes", "2")  # then done
+    assert played == [2] and "is done" in capsys.readouterr().out.splitlines()[-1]
+    assert logged_steps(tmp_path / "job")["eval/episodic_return"] == [0, 1]
 
 
 def test_one_command_starts_a_run_and_restarts_it(tmp_path):
@@ -1193,7 +1275,7 @@ def test_a_stopped_runs_memory_comes_back_array_for_array_and_samples_the_same_b
     capsys.readouterr()
     rb, run = resumed_buffer(args, checkpoint)
     said = f"the replay memory goes on with its {len(envs.transitions)} transitions"  # every one stored (< 400)
-    assert run.memory_kept and said in capsys.readouterr().out
+    assert run.learning_starts == args.learning_starts and said in capsys.readouterr().out  # no refill
     for name in arrays:
         assert np.array_equal(getattr(rb, name), getattr(stopped, name)), name
     for a, b in zip(rb.sample(32), stopped.sample(32)):  # the restored stream, and the stopped run's own
@@ -1239,7 +1321,8 @@ def test_a_resume_refills_a_memory_it_cannot_trust_with_one_line(tmp_path, monke
     reason = {"truncated": "is truncated", "buffer size": "of another --buffer-size", "pickle": "of another",
               "other step": "saved by another run or at another step", "none": "none was saved"}[damage]
     assert said.startswith("refilling the replay memory (") and reason in said, said
-    assert not run.memory_kept and not rb.valid.any() and not rb.written.any()  # empty: it refills
+    assert not rb.valid.any() and not rb.written.any()  # empty: it refills
+    assert run.learning_starts == checkpoint["global_step"] + args.learning_starts
     assert not os.path.exists(tmp_path / "ran")
     assert logged_steps(tmp_path / "catch")["charts/memory_refilled"] == [checkpoint["global_step"]]
 
@@ -1257,7 +1340,7 @@ def test_a_resume_after_kill_9_refills_with_one_line(tmp_path):
     saved = torch.load(tmp_path / "pong" / "checkpoint.pt", weights_only=True)["global_step"]
     result = run_script("--resume", str(tmp_path / "pong" / "checkpoint.pt"), "--total-timesteps", str(saved + 600))
     assert result.returncode == 0, result.stderr
-    (said,) = [line for line in result.stdout.splitlines() if "replay memory" in line]
+    (said,) = [line for line in result.stdout.splitlines() if line.startswith(("refilling", "the replay memory"))]
     assert said == (f"refilling the replay memory (none was saved with this checkpoint: a periodic one, after a crash "
                     f"or kill -9): learning goes on past step {saved + 500:,}")
     assert min(logged_steps(tmp_path / "pong")["losses/td_loss"][-1:]) > saved + 500
@@ -1288,7 +1371,7 @@ def test_a_stop_killed_while_it_writes_the_memory_leaves_none_that_loads(tmp_pat
         write_array(file, np.zeros((1, 5000, 84, 84), np.uint8)[:, :100])
     capsys.readouterr()
     _, run = resumed_buffer(args, checkpoint)
-    assert not run.memory_kept and "refilling the replay memory (none was saved" in capsys.readouterr().out
+    assert "refilling the replay memory (none was saved" in capsys.readouterr().out
     run.save(400)
     assert "replay_memory.bin.tmp" not in os.listdir(tmp_path / "catch")
 
@@ -1331,22 +1414,52 @@ def test_a_stop_anywhere_in_a_step_takes_effect_between_whole_steps(tmp_path, mo
     assert all(state["step"] == 400 // 2 - 200 // 2 for state in saved["optimizer"]["state"].values())
 
 
-def test_a_failed_write_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
+def test_a_failed_write_leaves_the_last_checkpoint_intact(tmp_path):
     path = str(tmp_path / "checkpoint.pt")
-    first = {"model": {"w": torch.ones(3)}, "global_step": 1}
-    dqn_atari.save_checkpoint(path, first)
+    dqn_atari.write_atomically(path, lambda file: torch.save({"global_step": 1}, file))
 
-    def save_half_then_fail(obj, file):
+    def save_half_then_fail(file):
         file.write(b"half a checkpoint")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(torch, "save", save_half_then_fail)
     with pytest.raises(OSError):
-        dqn_atari.save_checkpoint(path, {"model": {"w": torch.zeros(3)}, "global_step": 2})
-    assert torch.load(path, weights_only=True)["global_step"] == 1
-    with pytest.raises(FloatingPointError, match="not finite at step 3"):
-        dqn_atari.save_checkpoint(path, {"model": {"w": torch.tensor([1.0, float("nan")])}, "global_step": 3})
-    assert torch.load(path, weights_only=True)["global_step"] == 1
+        dqn_atari.write_atomically(path, save_half_then_fail)
+    assert torch.load(path, weights_only=True)["global_step"] == 1 and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+    args = catch_args(tmp_path, run_name="run")  # a run's checkpoint with weights that are not all finite
+    learner = dqn_atari.make_learner(3, args, torch.device("cpu"))
+    run = dqn_atari.Run(args, torch.device("cpu"), learner, np.random.default_rng(0).spawn(2), ReplayBuffer(100, 1))
+    run.save(5)
+    with torch.no_grad():
+        learner[0].network[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="not finite at step 6"):
+        run.save(6)
+    assert torch.load(run.path, weights_only=True)["global_step"] == 5
+
+
+def test_the_loss_is_read_only_where_it_is_logged(tmp_path, monkeypatch):
+    """On a GPU each read of the loss waits for its update: the NaN check reads it where the log does (each 25th
+    update), not after every update."""
+    reads = []
+
+    class Watched(torch.Tensor):
+        def item(self):
+            reads.append("item")
+            return super().item()
+
+        def isfinite(self):
+            reads.append("isfinite")
+            return super().isfinite()
+
+    gradient_step = dqn_atari.gradient_step
+
+    def watched_gradient_step(*a):
+        loss, q_values = gradient_step(*a)
+        return loss.as_subclass(Watched), q_values
+
+    monkeypatch.setattr(dqn_atari, "gradient_step", watched_gradient_step)
+    dqn_atari.train(catch_args(tmp_path, total_timesteps=400, learning_starts=200, batch_size=4), Catch(1))
+    assert reads == ["item"] * (100 // 25)  # 100 updates (one per 2 steps past 200), 4 reads
 
 
 def test_a_nan_loss_stops_the_run_with_exit_1_and_keeps_the_last_finite_checkpoint(tmp_path, monkeypatch, capsys):
@@ -1436,7 +1549,7 @@ def test_the_shipped_pong_agent_wins_a_game():
     obs, _ = envs.reset(seed=2026)
     points = {1: 0, -1: 0}  # the agent's, the built-in opponent's
     for _ in range(27_000):  # the game's frame cap, 108,000 frames, in agent steps
-        obs, reward, terminated, truncated, _ = envs.step(q_network.greedy(torch.as_tensor(obs)).numpy())
+        obs, reward, terminated, truncated, _ = envs.step(q_network(torch.as_tensor(obs)).argmax(1).numpy())
         if reward[0]:
             points[int(np.sign(reward[0]))] += 1
         if terminated[0] or truncated[0]:

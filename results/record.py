@@ -48,7 +48,8 @@ def record(q_network, env_id, steps, seed, epsilon):
     film.reset(seed=seed)  # the same seed: the same no-op start and sticky actions
     frames, score, serve = [], 0.0, False
     for _ in range(steps):
-        action = q_network.greedy(torch.from_numpy(obs)).numpy()
+        with torch.no_grad():
+            action = q_network(torch.from_numpy(obs)).argmax(dim=1).numpy()
         if rng.random() < epsilon:
             action[0] = rng.integers(envs.single_action_space.n)
         if serve:  # the game waits for FIRE after a lost life
