@@ -334,7 +334,8 @@ class Run:
     networks, Adam, the random streams, the step, the last 20 scores); and, after a stop, its replay memory."""
 
     def __init__(self, args, device, learner, rngs, rb, checkpoint=None):
-        self.args, self.device, self.learner, self.rngs, self.rb = args, device, learner, rngs, rb
+        self.args, self.device, self.learner, self.rngs = args, device, learner, rngs
+        self.memory = [rb.frames, rb.actions, rb.rewards, rb.dones, rb.valid, rb.written]  # what a stop saves
         name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
         self.folder = os.path.join(args.run_dir, name)
         self.path = os.path.join(self.folder, "checkpoint.pt")
@@ -357,7 +358,7 @@ class Run:
         self.writer = SummaryWriter(self.folder, purge_step=self.start_step + 1 if checkpoint else None)
         going_on = f", going on from step {self.start_step:,}" if checkpoint else ""
         print(f"logs and checkpoints go to {self.folder}{going_on}")
-        refill = self.load_memory() if checkpoint else None
+        refill = self.load_memory(rb) if checkpoint else None
         self.learning_starts = args.learning_starts + (self.start_step if refill else 0)
         if checkpoint:
             self.writer.add_scalar("charts/memory_refilled", float(refill is not None), self.start_step)
@@ -385,8 +386,8 @@ class Run:
             sps = (step - self.printed_step) / (time.time() - self.printed_at)
             self.writer.add_scalar("charts/SPS", sps, step)
             self.writer.add_scalar("charts/epsilon", epsilon, step)
-            left = datetime.timedelta(seconds=int((self.args.total_timesteps - step) / sps))
-            left = f"{left} left" if self.printed_step >= self.learning_starts else "time left: once learning runs"
+            eta = datetime.timedelta(seconds=int((self.args.total_timesteps - step) / sps))
+            left = f"{eta} left" if self.printed_step >= self.learning_starts else "time left: once learning runs"
             mean = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
             print(f"step {step:,}/{self.args.total_timesteps:,}  {sps:,.0f} steps/s  epsilon {epsilon:.3f}  "
                   f"return {mean} ({len(self.recent_returns)} games)  {left}")
@@ -416,17 +417,13 @@ class Run:
         if scores is None:
             stopped_by = "" if stop is None else "SIGTERM, " if isinstance(stop, Terminated) else "Ctrl-C, "
             print(f"{stopped_by}step {step:,}: checkpoint saved to {self.path}")
-        if stop is not None:
+        if stop is not None and step < self.args.total_timesteps:  # (a finished run needs none)
             self.save_memory(step)
 
-    def memory(self, step):
-        """The replay memory file's records: the run and step it belongs to, then the buffer's arrays."""
-        rb = self.rb
-        return [np.array([self.run_id, step]), rb.frames, rb.actions, rb.rewards, rb.dones, rb.valid, rb.written]
-
     def save_memory(self, step):
-        """.npy records, written from the arrays themselves (no copy in RAM) and read back with no pickle."""
-        arrays = self.memory(step)
+        """.npy records: the run and step it belongs to, then the buffer's arrays, written from the arrays themselves
+        (no copy in RAM), read back with no pickle."""
+        arrays = [np.array([self.run_id, step]), *self.memory]
         size = sum(array.nbytes for array in arrays)
 
         def write(file):
@@ -441,28 +438,29 @@ class Run:
         except OSError as error:
             print(f"the replay memory ({size / 1e9:.2f} GB) is not saved ({error}): a resume refills it")
 
-    def load_memory(self):
+    def load_memory(self, rb):
         """Reads the replay memory saved with the checkpoint into the buffer's own arrays; None, or why not."""
-        arrays = self.memory(self.start_step)
-        marker, arrays[0] = arrays[0], np.zeros(2, np.int64)
+        arrays = [np.zeros(2, np.int64), *self.memory]
         try:
             with open(self.memory_path, "rb") as file:
                 for array in arrays:
                     if np.lib.format.read_magic(file) != (1, 0):
-                        raise ValueError("not a replay memory of this script")
+                        raise ValueError("it is not a replay memory of this script")
                     if np.lib.format.read_array_header_1_0(file) != (array.shape, False, array.dtype):
-                        raise ValueError("of another --buffer-size or --num-envs, or not of this script")
+                        raise ValueError("it is of another --buffer-size or --num-envs, or not of this script")
                     if file.readinto(array) != array.nbytes:
-                        raise ValueError("truncated")
-                    if array is arrays[0] and not np.array_equal(array, marker):
-                        raise ValueError("saved by another run or at another step")
+                        raise ValueError("it is truncated")
+                    if array is arrays[0] and array.tolist() != [self.run_id, self.start_step]:
+                        raise ValueError("it was saved by another run or at another step")
             return None
         except FileNotFoundError:
-            return "none was saved with this checkpoint: a periodic one, after a crash or kill -9"
+            if os.path.exists(self.memory_path + ".tmp"):
+                return "its write at the stop was cut off"
+            return "none was saved with this checkpoint: only a stop saves it (Ctrl-C, SIGTERM)"
         except (OSError, ValueError) as error:
-            self.rb.valid.fill(False)  # what was read is dropped: the buffer is empty again
-            self.rb.written.fill(0)
-            return f"{self.memory_path} is {error}" if isinstance(error, ValueError) else str(error)
+            rb.valid.fill(False)  # what was read is dropped: the buffer is empty again
+            rb.written.fill(0)
+            return f"{self.memory_path}: {error}"
 
 
 def write_atomically(path, write):
@@ -584,7 +582,7 @@ def check_args(args):
             raise ValueError(message)
     if not args.eval_checkpoint:  # the runs' folder, made now rather than after the replay memory
         try:
-            os.makedirs(args.run_dir, exist_ok=True)
+            os.makedirs(args.run_dir or ".", exist_ok=True)
         except OSError as error:
             raise ValueError(f"--run-dir {args.run_dir}: cannot make that folder ({error.strerror})") from None
 
@@ -607,10 +605,13 @@ def main():
               f"{args.total_timesteps:,} steps (a larger --total-timesteps extends it)")
         return
     signal.signal(signal.SIGTERM, raise_terminated)
+    memory = f"{args.buffer_size * 7070 / 1e9:.2f} GB"  # 7,070 bytes a transition: a frame, its action and flags
     try:
         if args.eval_checkpoint or trained:  # games to play, nothing to train: no replay memory, no training envs
             device = pick_device(args)
-            scores = evaluate(q_network.to(device), args.env_id, args.eval_episodes, args.eval_epsilon, device,
+            torch.backends.cudnn.deterministic = args.torch_deterministic  # as train sets it, and the layout too:
+            q_network.to(device, memory_format=torch.channels_last if args.fast else torch.contiguous_format)
+            scores = evaluate(q_network, args.env_id, args.eval_episodes, args.eval_epsilon, device,
                               args.seed + args.num_envs)  # the games of the run's final evaluation
             if trained:  # that evaluation, stopped before: logged, and the run is done
                 with SummaryWriter(os.path.join(args.run_dir, args.run_name)) as writer:
@@ -619,7 +620,7 @@ def main():
                 path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt")
                 write_atomically(path, lambda file: torch.save({**checkpoint, "evaluated": True}, file))
         else:
-            print(f"taking {args.buffer_size * 7070 / 1e9:.2f} GB of replay memory ({args.buffer_size:,} transitions)")
+            print(f"taking {memory} of replay memory ({args.buffer_size:,} transitions)")
             train(args, checkpoint=checkpoint)
     except KeyboardInterrupt as stop:  # the checkpoint and the logs were saved on the way out
         sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + the signal, as shells say
@@ -627,8 +628,7 @@ def main():
         print(f"{program}: error: {error}; the checkpoint on disk is the last with finite weights", file=sys.stderr)
         sys.exit(1)
     except MemoryError:  # most likely as the run starts, where the replay memory takes all of its memory
-        print(f"{program}: error: out of memory (--buffer-size {args.buffer_size:,} takes about "
-              f"{args.buffer_size * 7070 / 1e9:.1f} GB)", file=sys.stderr)
+        print(f"{program}: error: out of memory (--buffer-size {args.buffer_size:,} takes {memory})", file=sys.stderr)
         sys.exit(2)
 
 

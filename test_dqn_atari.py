@@ -783,7 +783,8 @@ def test_sigterm_saves_then_resume_goes_on_in_the_same_folder(tmp_path):
     (said,) = [line for line in out.splitlines() if line.startswith("SIGTERM")]
     stopped_at = int(said.split("step ")[1].split(":")[0].replace(",", ""))
     assert torch.load(run / "checkpoint.pt", weights_only=True)["global_step"] == stopped_at > 500
-    assert out.splitlines()[-1] == f"saving the replay memory (0.04 GB) to {run / 'replay_memory.bin'}; a resume goes on with it"
+    memory = run / "replay_memory.bin"
+    assert out.splitlines()[-1] == f"saving the replay memory (0.04 GB) to {memory}; a resume goes on with it"
     assert logged_steps(run)["charts/SPS"]  # flushed on the way out
 
     end = stopped_at + 1000
@@ -799,7 +800,7 @@ def test_sigterm_saves_then_resume_goes_on_in_the_same_folder(tmp_path):
     assert "the replay memory goes on with its " in result.stdout and "refilling" not in result.stdout
     assert any(stopped_at < step <= stopped_at + 100 for step in logged["losses/td_loss"])
     assert logged["losses/td_loss"][-1] > end - 100
-    assert sorted(os.listdir(run)) == ["checkpoint.pt", *sorted(p for p in os.listdir(run) if "tfevents" in p)]
+    assert [p for p in os.listdir(run) if "tfevents" not in p] == ["checkpoint.pt"]  # the memory: deleted at the end
 
     rows = plotted(run, tmp_path / "curve")
     assert 0 < rows["train"][-1][1] < (time.time() - started) / 3600  # the hours, without the gap between
@@ -1341,8 +1342,8 @@ def test_a_resume_after_kill_9_refills_with_one_line(tmp_path):
     result = run_script("--resume", str(tmp_path / "pong" / "checkpoint.pt"), "--total-timesteps", str(saved + 600))
     assert result.returncode == 0, result.stderr
     (said,) = [line for line in result.stdout.splitlines() if line.startswith(("refilling", "the replay memory"))]
-    assert said == (f"refilling the replay memory (none was saved with this checkpoint: a periodic one, after a crash "
-                    f"or kill -9): learning goes on past step {saved + 500:,}")
+    assert said == (f"refilling the replay memory (none was saved with this checkpoint: only a stop saves it (Ctrl-C, "
+                    f"SIGTERM)): learning goes on past step {saved + 500:,}")
     assert min(logged_steps(tmp_path / "pong")["losses/td_loss"][-1:]) > saved + 500
 
 
@@ -1371,9 +1372,18 @@ def test_a_stop_killed_while_it_writes_the_memory_leaves_none_that_loads(tmp_pat
         write_array(file, np.zeros((1, 5000, 84, 84), np.uint8)[:, :100])
     capsys.readouterr()
     _, run = resumed_buffer(args, checkpoint)
-    assert "refilling the replay memory (none was saved" in capsys.readouterr().out
+    assert "refilling the replay memory (its write at the stop was cut off)" in capsys.readouterr().out
     run.save(400)
     assert "replay_memory.bin.tmp" not in os.listdir(tmp_path / "catch")
+
+
+def test_a_stop_in_the_last_step_saves_no_memory_that_nothing_would_read(tmp_path, monkeypatch):
+    args = catch_args(tmp_path, run_name="catch", batch_size=4, total_timesteps=400)
+    stop_at_call(monkeypatch, dqn_atari, "epsilon_greedy", 400)
+    with pytest.raises(dqn_atari.Terminated):
+        dqn_atari.train(args, Catch(1))
+    assert torch.load(tmp_path / "catch" / "checkpoint.pt", weights_only=True)["global_step"] == 400
+    assert [p for p in os.listdir(tmp_path / "catch") if "tfevents" not in p] == ["checkpoint.pt"]
 
 
 @pytest.mark.parametrize("where", ["acting", "env step", "store", "update", "target copy"])
@@ -1488,7 +1498,7 @@ def test_a_buffer_larger_than_memory_is_refused_at_once(tmp_path):
     its first seconds, with one line, never hours in as the ring fills."""
     result = run_script("--buffer-size", "100_000_000_000", "--run-dir", str(tmp_path))
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "out of memory (--buffer-size 100,000,000,000 takes about 707000.0 GB)" in result.stderr
+    assert "out of memory (--buffer-size 100,000,000,000 takes 707000.00 GB)" in result.stderr
     assert not os.listdir(tmp_path)  # no run folder, no networks
 
 
