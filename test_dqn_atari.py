@@ -1348,8 +1348,9 @@ def test_a_resume_after_kill_9_refills_with_one_line(tmp_path):
 
 
 def test_a_stop_killed_while_it_writes_the_memory_leaves_none_that_loads(tmp_path, monkeypatch, capsys):
-    """A second Ctrl-C in the middle of the write: the file is not there, the temporary is gone, the resume refills.
-    A kill -9 there leaves a half temporary file: the resume refills too, and the next checkpoint deletes it."""
+    """A write that fails in the middle (here a KeyboardInterrupt from within it): the file is not there, the temporary
+    is gone, the resume refills. A kill -9 there leaves a half temporary file: the resume refills too, says the write
+    was cut off, and the next checkpoint deletes it."""
     write_array = np.lib.format.write_array
     written = []
 
