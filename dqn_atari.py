@@ -1,4 +1,5 @@
 """DQN for Atari (Mnih et al. 2015) in one file. Run it: python dqn_atari.py --env-id PongNoFrameskip-v4
+An agent step is one action in one env (4 frames); the replay ratio, gradient steps per agent step.
 
 The algorithm first, in the paper's order: arguments, environment, Q-network, replay memory, epsilon-greedy
 acting, TD loss, training loop, evaluation. Then, fenced off, what long runs need around it."""
@@ -588,7 +589,7 @@ def check_args(args):
 
 
 def main():
-    args = tyro.cli(Args, description=__doc__.splitlines()[0])
+    args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
     sys.stdout.reconfigure(line_buffering=True)  # each line reaches a log file at once
     program = os.path.basename(sys.argv[0])
     checkpoint = q_network = None  # of --resume and --eval-checkpoint
