@@ -82,9 +82,13 @@ def train_args(args, fast, run_dir=""):
                           buffer_size=args.buffer_size, run_dir=run_dir)
 
 
+def pick_device(args):
+    return torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+
 def parts(args, fast):
     """Steps/s of the envs alone and of acting alone, and gradient updates/s of the update alone."""
-    device, rng = dqn_atari.pick_device(args), np.random.default_rng(0)
+    device, rng = pick_device(args), np.random.default_rng(0)
     envs = dqn_atari.make_env(args.env_id, args.num_envs)
     random_play(envs, 1_000, rng)  # warm-up
     start = time.perf_counter()
@@ -100,7 +104,10 @@ def parts(args, fast):
 
     def update():  # as the training loop does it
         batch = dqn_atari.Batch(*(dqn_atari.to_device(x, device) for x in rb.sample(settings.batch_size)))
-        dqn_atari.gradient_step(q_network, target_network, optimizer, batch, settings.gamma)
+        loss, _ = dqn_atari.td_loss(q_network, target_network, batch, settings.gamma)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
     timed = []
     for work, calls in [(lambda: dqn_atari.epsilon_greedy(q_network, obs, 0.0, num_actions, rng, device),
@@ -133,7 +140,7 @@ class TimedEnvs:
 
 def loop(args, fast):
     """Agent steps/s of dqn_atari.train in its learning phase, and the process's peak memory."""
-    device = dqn_atari.pick_device(args)
+    device = pick_device(args)
     envs = TimedEnvs(dqn_atari.make_env(args.env_id, args.num_envs))
     with contextlib.redirect_stdout(io.StringIO()), tempfile.TemporaryDirectory() as run_dir:
         dqn_atari.train(train_args(args, fast, run_dir), envs)
@@ -157,7 +164,7 @@ def main():
     except ValueError as error:
         print(f"benchmark.py: error: {error}", file=sys.stderr)
         sys.exit(2)
-    device = dqn_atari.pick_device(args)
+    device = pick_device(args)
     args.cuda = device.type == "cuda"  # said once, here
     machine = (torch.cuda.get_device_name() if device.type == "cuda" else
                next((line.split(":")[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),

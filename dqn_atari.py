@@ -8,7 +8,6 @@ import contextlib
 import copy
 import datetime
 import os
-import shutil
 import signal
 import sys
 import time
@@ -56,17 +55,13 @@ class Args:  # the defaults are CleanRL's; the README's Design choices say where
 
 
 # ---------------------------------------------------------------- the environment
-def atari_spec(env_id):
+def make_env(env_id, num_envs):
+    """ale-py's C++ vector env with the preprocessing of the DQN papers (no OpenCV, no wrappers)."""
     spec = gym.registry.get(env_id)  # `import ale_py` registered the Atari ids
     if spec is None or spec.entry_point != "ale_py.env:AtariEnv":
         raise ValueError(f"{env_id!r} is not an Atari env id (e.g. PongNoFrameskip-v4, ALE/Pong-v5); "
                          'list them with: python -c "import ale_py, gymnasium; gymnasium.pprint_registry()"')
-    return spec
-
-
-def make_env(env_id, num_envs):
-    """ale-py's C++ vector env with the preprocessing of the DQN papers (no OpenCV, no wrappers)."""
-    game = atari_spec(env_id).kwargs  # game, sticky actions (v5: 0.25), action set, frame cap
+    game = spec.kwargs  # game, sticky actions (v5: 0.25), action set, frame cap
     return ale_py.vector_env.AtariVectorEnv(
         game=game["game"], num_envs=num_envs,
         repeat_action_probability=game["repeat_action_probability"], full_action_space=game["full_action_space"],
@@ -91,7 +86,6 @@ def fire_action(envs):
 # ---------------------------------------------------------------- the Q-network
 class QNetwork(nn.Module):
     """The Nature-DQN CNN: a stack of 4 84x84 frames in, one Q-value per action out."""
-
     def __init__(self, num_actions):
         super().__init__()
         self.network = nn.Sequential(
@@ -111,12 +105,9 @@ Batch = namedtuple("Batch", "obs actions rewards next_obs dones")  # dones: 1.0 
 
 
 class ReplayBuffer:
-    """Uniform replay that stores each frame once: ~7 KB a transition, not 28 (obs + next_obs).
-
-    Each env writes frames into a ring of its own. The transition at slot j reads obs from frames j-3..j and
-    next_obs from j-2..j+1: a step costs one new frame. An episode's first stack is written whole (zero
-    padding and all): no stack reaches into the episode before, and a truncated one keeps its last frame."""
-
+    """Uniform replay storing each frame once (~7 KB a transition, not 28), in a ring per env: slot j's obs is
+    frames j-3..j, its next_obs j-2..j+1. An episode's first stack is written whole (zero padding and all): no
+    stack reaches into the episode before, and a truncated one keeps its last frame."""
     def __init__(self, capacity, num_envs, frame_shape=(84, 84), stack=4, seed=None):
         self.slots = capacity // num_envs  # per env: envs add in lockstep
         self.stack = stack
@@ -204,15 +195,6 @@ def td_loss(q_network, target_network, batch, gamma):
     return nn.functional.smooth_l1_loss(q_values, td_target), q_values
 
 
-def gradient_step(q_network, target_network, optimizer, batch, gamma):
-    """One Adam step down the TD loss of a batch; returns the loss and the batch's Q-values."""
-    loss, q_values = td_loss(q_network, target_network, batch, gamma)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    return loss, q_values
-
-
 def make_learner(num_actions, args, device):
     """The Q-network, its target network (a copy) and Adam; args.fast changes how fast they compute, not what."""
     layout = torch.channels_last if args.fast else torch.contiguous_format
@@ -224,11 +206,10 @@ def make_learner(num_actions, args, device):
 
 # ---------------------------------------------------------------- the training loop
 def train(args, envs=None, checkpoint=None):
-    """Trains DQN on make_env's envs, or on `envs` (a test's synthetic game), from the start or from a
-    checkpoint of a run that train saved; returns the Q-network and the replay memory."""
+    """Trains DQN on make_env's envs or `envs` (a test's game), from scratch or a checkpoint; returns q_network, rb."""
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = pick_device(args)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
     envs = make_env(args.env_id, args.num_envs) if envs is None else envs
     num_envs = envs.num_envs
     num_actions = envs.single_action_space.n
@@ -236,9 +217,8 @@ def train(args, envs=None, checkpoint=None):
     rng, replay_rng = np.random.default_rng(args.seed).spawn(2)  # acting's, replay sampling's
     rb = ReplayBuffer(args.buffer_size, num_envs, seed=replay_rng)
     q_network, target_network, optimizer = make_learner(num_actions, args, device)
-    run = Run(args, device, (q_network, target_network, optimizer), (rng, replay_rng), rb, checkpoint)
+    run = Run(args, (q_network, target_network, optimizer), (rng, replay_rng), rb, checkpoint)
     exploration_steps = args.exploration_fraction * args.total_timesteps
-    learning_starts = run.learning_starts  # args.learning_starts, later where a resume refills the memory
 
     # The loop's state, all of it:
     global_step = run.start_step  # agent steps, summed over the envs
@@ -248,59 +228,54 @@ def train(args, envs=None, checkpoint=None):
     resetting = np.zeros(num_envs, np.bool_)  # the envs whose next step only resets their game
     episode_return = np.zeros(num_envs)  # each game's score so far
     episode_length = np.zeros(num_envs, np.int64)  # each game's agent steps so far
-    with stops_between_steps() as stops:  # Ctrl-C and SIGTERM are noted, and end the loop between two steps
-        try:
-            while global_step < args.total_timesteps and not stops:
-                # Act: epsilon-greedy, but FIRE where a life was just lost.
-                epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
-                actions = epsilon_greedy(q_network, obs, epsilon, num_actions, rng, device)
-                if fire is not None:
-                    actions[serve] = fire
+    with stops_between_steps() as stops, run.writer:  # a stop ends the loop between two steps; a crash closes logs
+        while global_step < args.total_timesteps and not stops:
+            # Act: epsilon-greedy, but FIRE where a life was just lost.
+            epsilon = linear_schedule(args.start_e, args.end_e, exploration_steps, global_step)
+            actions = epsilon_greedy(q_network, obs, epsilon, num_actions, rng, device)
+            if fire is not None:
+                actions[serve] = fire
 
-                # Step the envs; log the games that end.
-                next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-                steps_before = global_step
-                global_step += num_envs
-                game_over = terminations | truncations
-                life_lost = infos["lives"] < lives  # the game goes on, but the lost life's value is 0
-                episode_return += rewards  # the raw score, all lives: the number papers report
-                episode_length += ~resetting
-                for env in np.flatnonzero(game_over):
-                    run.recent_returns.append(float(episode_return[env]))
-                    run.writer.add_scalar("charts/episodic_return", episode_return[env], global_step)
-                    run.writer.add_scalar("charts/episodic_length", episode_length[env], global_step)
-                episode_return[game_over] = 0
-                episode_length[game_over] = 0
+            # Step the envs; log the games that end.
+            next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+            steps_before = global_step
+            global_step += num_envs
+            game_over = terminations | truncations
+            life_lost = infos["lives"] < lives  # the game goes on, but the lost life's value is 0
+            episode_return += rewards  # the raw score, all lives: the number papers report
+            episode_length += ~resetting
+            for env in np.flatnonzero(game_over):
+                run.recent_returns.append(float(episode_return[env]))
+                run.writer.add_scalar("charts/episodic_return", episode_return[env], global_step)
+                run.writer.add_scalar("charts/episodic_length", episode_length[env], global_step)
+            episode_return[game_over] = 0
+            episode_length[game_over] = 0
 
-                # Store: clipped rewards and lost lives are for the TD target; a truncation bootstraps.
-                rb.add(obs, next_obs, actions, np.clip(rewards, -1, 1), terminations | life_lost, resetting)
-                obs = next_obs
-                lives = infos["lives"]
-                serve = life_lost & ~game_over
-                resetting = game_over
+            # Store: clipped rewards and lost lives are for the TD target; a truncation bootstraps.
+            rb.add(obs, next_obs, actions, np.clip(rewards, -1, 1), terminations | life_lost, resetting)
+            obs = next_obs
+            lives = infos["lives"]
+            serve = life_lost & ~game_over
+            resetting = game_over
 
-                # Learn: a gradient step per train_frequency agent steps past learning_starts.
-                if global_step > learning_starts:
-                    first = max(steps_before, learning_starts)
-                    for _ in range(global_step // args.train_frequency - first // args.train_frequency):
-                        batch = Batch(*(to_device(x, device) for x in rb.sample(args.batch_size)))
-                        loss, q_values = gradient_step(q_network, target_network, optimizer, batch, args.gamma)
-                        run.log_update(loss, q_values, global_step)  # every 25th; a NaN loss stops the run
-                    if global_step // args.target_network_frequency > steps_before // args.target_network_frequency:
-                        for target_param, param in zip(target_network.parameters(), q_network.parameters()):
-                            target_param.data.copy_(args.tau * param.data + (1.0 - args.tau) * target_param.data)
+            # Learn: a gradient step per train_frequency agent steps past learning_starts.
+            if global_step > run.learning_starts:  # later where a resume refills the memory
+                first = max(steps_before, run.learning_starts)
+                for _ in range(global_step // args.train_frequency - first // args.train_frequency):
+                    batch = Batch(*(to_device(x, device) for x in rb.sample(args.batch_size)))
+                    loss, q_values = td_loss(q_network, target_network, batch, args.gamma)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    run.log_update(loss, q_values, global_step)  # every 25th; a NaN loss stops the run
+                if global_step // args.target_network_frequency > steps_before // args.target_network_frequency:
+                    for target_param, param in zip(target_network.parameters(), q_network.parameters()):
+                        target_param.data.copy_(args.tau * param.data + (1.0 - args.tau) * target_param.data)
 
-                run.after_step(global_step, steps_before, epsilon)  # a checkpoint now and then, progress every 10 s
-        finally:
-            run.writer.flush()  # whatever ends the loop (a NaN loss, a crash), its logs are on the disk
+            run.after_step(global_step, steps_before, epsilon)  # a checkpoint now and then, progress every 10 s
         run.save(global_step, stops[0] if stops else None)  # at a stop, the replay memory follows the checkpoint
     if stops:
         raise stops[0]
-
-    if args.eval_episodes:
-        scores = evaluate(q_network, args.env_id, args.eval_episodes, args.eval_epsilon, device, args.seed + num_envs)
-        run.save(global_step, scores=scores)  # logged; a run stopped before this plays it when resumed
-    run.writer.close()
     return q_network, rb
 
 
@@ -328,17 +303,13 @@ def evaluate(q_network, env_id, episodes, epsilon, device, seed):
     return scores
 
 
-# ================================================================ run management
-# Everything below serves long runs and the command line; the algorithm above reads without it.
+# ================================ run management: long runs and the command line; the algorithm reads without it
 class Run:
-    """A training run's folder: its TensorBoard logs; its checkpoint, which holds what it takes to go on (the
-    networks, Adam, the random streams, the step, the last 20 scores); and, after a stop, its replay memory."""
-
-    def __init__(self, args, device, learner, rngs, rb, checkpoint=None):
-        self.args, self.device, self.learner, self.rngs = args, device, learner, rngs
+    """A run's folder: its logs, its checkpoint (networks, Adam, random streams, step, last 20 scores), its memory."""
+    def __init__(self, args, learner, rngs, rb, checkpoint=None):
+        self.args, self.learner, self.rngs = args, learner, rngs
         self.memory = [rb.frames, rb.actions, rb.rewards, rb.dones, rb.valid, rb.written]  # what a stop saves
-        name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        self.folder = os.path.join(args.run_dir, name)
+        self.folder = os.path.join(args.run_dir, args.run_name)
         self.path = os.path.join(self.folder, "checkpoint.pt")
         self.memory_path = os.path.join(self.folder, "replay_memory.bin")
         self.start_step = checkpoint["global_step"] if checkpoint else 0
@@ -394,30 +365,24 @@ class Run:
                   f"return {mean} ({len(self.recent_returns)} games)  {left}")
             self.printed_at, self.printed_step = time.time(), step
 
-    def save(self, step, stop=None, scores=None):
-        """Writes the checkpoint (with the final evaluation's scores: logged, the run evaluated), deletes the replay
-        memory saved with an earlier one, and says so in a line; at a stop (Ctrl-C, SIGTERM), saves the memory."""
+    def save(self, step, stop=None):
+        """Writes the checkpoint (dropping an older saved memory) and says so; at a stop before the end, the memory."""
         q_network, target_network, optimizer = self.learner
         if not all(weights.isfinite().all() for weights in q_network.state_dict().values()):
             raise FloatingPointError(f"the Q-network's weights are not finite at step {step:,}")
-        for i, score in enumerate([] if scores is None else scores):
-            self.writer.add_scalar("eval/episodic_return", score, i)
         checkpoint = {
             "model": q_network.state_dict(), "target_model": target_network.state_dict(),
             "optimizer": optimizer.state_dict(), "rng": [rng.bit_generator.state for rng in self.rngs],
             "global_step": step, "args": asdict(self.args), "recent_returns": list(self.recent_returns),
-            "evaluated": scores is not None, "run_id": self.run_id,
-            "produced_by": {"torch": str(torch.__version__), "gymnasium": gym.__version__,
-                            "ale_py": ale_py.__version__, "device": str(self.device)},
+            "evaluated": False, "run_id": self.run_id,  # main's final evaluation sets it
         }
         write_atomically(self.path, lambda file: torch.save(checkpoint, file))
         for stale in (self.memory_path, self.memory_path + ".tmp"):  # saved with an earlier checkpoint, or half
             with contextlib.suppress(FileNotFoundError):
                 os.remove(stale)
         self.writer.flush()
-        if scores is None:
-            stopped_by = "" if stop is None else "SIGTERM, " if isinstance(stop, Terminated) else "Ctrl-C, "
-            print(f"{stopped_by}step {step:,}: checkpoint saved to {self.path}")
+        stopped_by = "" if stop is None else "SIGTERM, " if isinstance(stop, Terminated) else "Ctrl-C, "
+        print(f"{stopped_by}step {step:,}: checkpoint saved to {self.path}")
         if stop is not None and step < self.args.total_timesteps:  # (a finished run needs none)
             self.save_memory(step)
 
@@ -432,8 +397,6 @@ class Run:
                 np.lib.format.write_array(file, array, allow_pickle=False)
 
         try:
-            if shutil.disk_usage(self.folder).free < size + 2**20:
-                raise OSError("not enough free disk")
             print(f"saving the replay memory ({size / 1e9:.2f} GB) to {self.memory_path}; a resume goes on with it")
             write_atomically(self.memory_path, write)
         except OSError as error:
@@ -465,8 +428,7 @@ class Run:
 
 
 def write_atomically(path, write):
-    """write(file) to a temporary file, renamed over path once on the disk: a kill at any instant (a crash,
-    kill -9, a power cut) leaves the last whole file, and a failed write no half one."""
+    """write(file) to path.tmp, renamed over path once on the disk: a kill at any instant leaves the last whole file."""
     temporary = path + ".tmp"
     try:
         with open(temporary, "wb") as file:
@@ -483,9 +445,8 @@ def load_checkpoint(path):
     """A checkpoint that train saved (tensors and plain values) and its Q-network, or a ValueError."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        missing = {"model", "args", "global_step"} - set(checkpoint)
-        if missing:
-            raise KeyError(f"no {missing}")
+        if {"model", "args", "global_step"} - set(checkpoint):
+            raise KeyError("model, args or global_step")
         q_network = QNetwork(list(checkpoint["model"].values())[-1].shape[0])  # the output bias is last
         q_network.load_state_dict(checkpoint["model"])
     except Exception as error:  # whatever the file holds, the user needs one line, not a traceback
@@ -494,8 +455,7 @@ def load_checkpoint(path):
 
 
 def saved_args(args, argv):
-    """For --resume and --eval-checkpoint: the saved run's args with argv's flags over them (one line names each
-    change), its checkpoint and its Q-network; (args, None, None) where --resume auto finds no checkpoint yet."""
+    """--resume's or --eval-checkpoint's args with argv's flags over them, its checkpoint and Q-network (or Nones)."""
     if args.resume and args.eval_checkpoint:
         raise ValueError("give --resume or --eval-checkpoint, not both")
     auto = args.resume == "auto"
@@ -503,7 +463,7 @@ def saved_args(args, argv):
         raise ValueError("--resume auto needs --run-name: the name a restart finds the run by")
     path = os.path.join(args.run_dir, args.run_name) if auto else args.resume or args.eval_checkpoint
     path = os.path.join(path, "checkpoint.pt") if auto or os.path.isdir(path) else path  # a run's folder
-    if auto and not os.path.exists(path):
+    if not path or auto and not os.path.exists(path):  # neither flag, or a first start
         return args, None, None
     checkpoint, q_network = load_checkpoint(path)
     if args.resume and {"target_model", "optimizer", "rng", "recent_returns"} - set(checkpoint):
@@ -517,10 +477,6 @@ def saved_args(args, argv):
     if resumed.exploration_fraction == saved.exploration_fraction:  # epsilon keeps its steps
         exploration_steps = saved.exploration_fraction * saved.total_timesteps
         resumed.exploration_fraction = min(1.0, exploration_steps / resumed.total_timesteps)
-    num_actions = make_env(resumed.env_id, 1).single_action_space.n
-    if num_actions != q_network.network[-1].out_features:
-        raise ValueError(f"--env-id {resumed.env_id} has {num_actions} actions, the checkpoint's Q-network "
-                         f"{q_network.network[-1].out_features}")
     changed = [f"--{name.replace('_', '-')} {getattr(resumed, name)} (saved: {getattr(saved, name)})"
                for name in sorted(flags) if getattr(resumed, name) != getattr(saved, name)]
     if changed:
@@ -529,17 +485,12 @@ def saved_args(args, argv):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's time limit or preemption, docker stop, kill): stop as on Ctrl-C."""
-
-
-def raise_terminated(signum, frame):
-    raise Terminated()
+    """SIGTERM (a time limit, preemption, docker stop) in the loop: stop as on Ctrl-C. Elsewhere the process ends."""
 
 
 @contextlib.contextmanager
 def stops_between_steps():
-    """Inside, Ctrl-C and SIGTERM are noted in the list it gives, for the loop to end between two whole steps: a
-    checkpoint never holds half a step (a target network half copied, a step counted but not stored)."""
+    """Ctrl-C and SIGTERM noted in the list it gives, for the loop to end between whole steps (no half step saved)."""
     stops = []
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     for signum, handler in previous.items():
@@ -553,15 +504,12 @@ def stops_between_steps():
             signal.signal(signum, handler)
 
 
-def pick_device(args):
-    if args.cuda and not torch.cuda.is_available():
-        print("no GPU found: running on the CPU")
-    return torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-
-
-def check_args(args):
-    """A ValueError naming (as typed) the first flag that would make a wrong or a failing run."""
-    atari_spec(args.env_id)
+def check_args(args, q_network=None):
+    """A ValueError naming (as typed) the first flag that would make a wrong or failing run; then names the run."""
+    num_actions = make_env(args.env_id, 1).single_action_space.n
+    if q_network is not None and num_actions != q_network.network[-1].out_features:
+        raise ValueError(f"--env-id {args.env_id} has {num_actions} actions, the checkpoint's Q-network "
+                         f"{q_network.network[-1].out_features}")
     positive = ["total_timesteps", "num_envs", "batch_size", "learning_rate", "train_frequency",
                 "target_network_frequency"]
     checks = [(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive") for name in positive]
@@ -581,6 +529,7 @@ def check_args(args):
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    args.run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{time.time():.0f}"
     if not args.eval_checkpoint:  # the runs' folder, made now rather than after the replay memory
         try:
             os.makedirs(args.run_dir or ".", exist_ok=True)
@@ -592,37 +541,38 @@ def main():
     args = tyro.cli(Args, description=__doc__.split("\n\n")[0])
     sys.stdout.reconfigure(line_buffering=True)  # each line reaches a log file at once
     program = os.path.basename(sys.argv[0])
-    checkpoint = q_network = None  # of --resume and --eval-checkpoint
     try:
-        if args.resume or args.eval_checkpoint:
-            args, checkpoint, q_network = saved_args(args, sys.argv[1:])
-        check_args(args)
+        args, checkpoint, q_network = saved_args(args, sys.argv[1:])  # of --resume and --eval-checkpoint
+        check_args(args, q_network)
     except ValueError as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         sys.exit(2)
-    trained = bool(args.resume and checkpoint) and checkpoint["global_step"] >= args.total_timesteps
-    if trained and (checkpoint.get("evaluated", True) or not args.eval_episodes):  # not said: from before it
-        print(f"the run in {os.path.join(args.run_dir, args.run_name)} is done: it reached its "
-              f"{args.total_timesteps:,} steps (a larger --total-timesteps extends it)")
-        return
-    signal.signal(signal.SIGTERM, raise_terminated)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("no GPU found: running on the CPU")
     memory = f"{args.buffer_size * 7070 / 1e9:.2f} GB"  # 7,070 bytes a transition: a frame, its action and flags
+    folder = os.path.join(args.run_dir, args.run_name)
     try:
-        if args.eval_checkpoint or trained:  # games to play, nothing to train: no replay memory, no training envs
-            device = pick_device(args)
-            torch.backends.cudnn.deterministic = args.torch_deterministic  # as train sets it, and the layout too:
-            q_network.to(device, memory_format=torch.channels_last if args.fast else torch.contiguous_format)
-            scores = evaluate(q_network, args.env_id, args.eval_episodes, args.eval_epsilon, device,
-                              args.seed + args.num_envs)  # the games of the run's final evaluation
-            if trained:  # that evaluation, stopped before: logged, and the run is done
-                with SummaryWriter(os.path.join(args.run_dir, args.run_name)) as writer:
-                    for i, score in enumerate(scores):
-                        writer.add_scalar("eval/episodic_return", score, i)
-                path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt")
-                write_atomically(path, lambda file: torch.save({**checkpoint, "evaluated": True}, file))
-        else:
+        if not args.eval_checkpoint and (checkpoint is None or checkpoint["global_step"] < args.total_timesteps):
             print(f"taking {memory} of replay memory ({args.buffer_size:,} transitions)")
-            train(args, checkpoint=checkpoint)
+            q_network, _ = train(args, checkpoint=checkpoint)
+            checkpoint = torch.load(os.path.join(folder, "checkpoint.pt"), weights_only=True)  # the end's
+        # A trained run plays its final evaluation once; checkpoints from before "evaluated" were saved after theirs.
+        if not args.eval_checkpoint and (checkpoint.get("evaluated", True) or not args.eval_episodes):
+            print(f"the run in {folder} is done: it reached its {args.total_timesteps:,} steps "
+                  "(a larger --total-timesteps extends it)")
+            return
+        # The games that --eval-checkpoint of the run's checkpoint plays: the same scores.
+        torch.backends.cudnn.deterministic = args.torch_deterministic  # as train sets it, and the layout too
+        q_network.to(device, memory_format=torch.channels_last if args.fast else torch.contiguous_format)
+        scores = evaluate(q_network, args.env_id, args.eval_episodes, args.eval_epsilon, device,
+                          args.seed + args.num_envs)
+        if not args.eval_checkpoint:  # the run's own: logged, and the run is done
+            with SummaryWriter(folder) as writer:
+                for i, score in enumerate(scores):
+                    writer.add_scalar("eval/episodic_return", score, i)
+            write_atomically(os.path.join(folder, "checkpoint.pt"),
+                             lambda file: torch.save({**checkpoint, "evaluated": True}, file))
     except KeyboardInterrupt as stop:  # the checkpoint and the logs were saved on the way out
         sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + the signal, as shells say
     except FloatingPointError as error:

@@ -30,7 +30,7 @@ STEPS_PER_SECOND = 15  # 60 frames a second, 4 a step
 
 def colour_env(env_id):
     """make_env's game settings, with the game's own frames: (1, 1, 210, 160, 3) RGB."""
-    game = dqn_atari.atari_spec(env_id).kwargs
+    game = dqn_atari.gym.registry[env_id].kwargs  # make_env has checked the id
     return AtariVectorEnv(
         game=game["game"], num_envs=1, repeat_action_probability=game["repeat_action_probability"],
         full_action_space=game["full_action_space"], max_num_frames_per_episode=game["max_num_frames_per_episode"],
