@@ -309,6 +309,8 @@ class Run:
     def __init__(self, args, learner, rngs, rb, checkpoint=None):
         self.args, self.learner, self.rngs = args, learner, rngs
         self.memory = [rb.frames, rb.actions, rb.rewards, rb.dones, rb.valid, rb.written]  # what a stop saves
+        default_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        args.run_name = args.run_name or default_name  # (main finds the folder in args)
         self.folder = os.path.join(args.run_dir, args.run_name)
         self.path = os.path.join(self.folder, "checkpoint.pt")
         self.memory_path = os.path.join(self.folder, "replay_memory.bin")
@@ -477,6 +479,10 @@ def saved_args(args, argv):
     if resumed.exploration_fraction == saved.exploration_fraction:  # epsilon keeps its steps
         exploration_steps = saved.exploration_fraction * saved.total_timesteps
         resumed.exploration_fraction = min(1.0, exploration_steps / resumed.total_timesteps)
+    num_actions = make_env(resumed.env_id, 1).single_action_space.n
+    if num_actions != q_network.network[-1].out_features:
+        raise ValueError(f"--env-id {resumed.env_id} has {num_actions} actions, the checkpoint's Q-network "
+                         f"{q_network.network[-1].out_features}")
     changed = [f"--{name.replace('_', '-')} {getattr(resumed, name)} (saved: {getattr(saved, name)})"
                for name in sorted(flags) if getattr(resumed, name) != getattr(saved, name)]
     if changed:
@@ -504,12 +510,9 @@ def stops_between_steps():
             signal.signal(signum, handler)
 
 
-def check_args(args, q_network=None):
-    """A ValueError naming (as typed) the first flag that would make a wrong or failing run; then names the run."""
-    num_actions = make_env(args.env_id, 1).single_action_space.n
-    if q_network is not None and num_actions != q_network.network[-1].out_features:
-        raise ValueError(f"--env-id {args.env_id} has {num_actions} actions, the checkpoint's Q-network "
-                         f"{q_network.network[-1].out_features}")
+def check_args(args):
+    """A ValueError naming (as typed) the first flag that would make a wrong or a failing run."""
+    make_env(args.env_id, 1)  # an id that is not Atari's: one line
     positive = ["total_timesteps", "num_envs", "batch_size", "learning_rate", "train_frequency",
                 "target_network_frequency"]
     checks = [(getattr(args, name) > 0, f"--{name.replace('_', '-')} must be positive") for name in positive]
@@ -529,7 +532,6 @@ def check_args(args, q_network=None):
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    args.run_name = args.run_name or f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{time.time():.0f}"
     if not args.eval_checkpoint:  # the runs' folder, made now rather than after the replay memory
         try:
             os.makedirs(args.run_dir or ".", exist_ok=True)
@@ -543,7 +545,7 @@ def main():
     program = os.path.basename(sys.argv[0])
     try:
         args, checkpoint, q_network = saved_args(args, sys.argv[1:])  # of --resume and --eval-checkpoint
-        check_args(args, q_network)
+        check_args(args)
     except ValueError as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -551,17 +553,20 @@ def main():
     if args.cuda and device.type == "cpu":
         print("no GPU found: running on the CPU")
     memory = f"{args.buffer_size * 7070 / 1e9:.2f} GB"  # 7,070 bytes a transition: a frame, its action and flags
-    folder = os.path.join(args.run_dir, args.run_name)
     try:
         if not args.eval_checkpoint and (checkpoint is None or checkpoint["global_step"] < args.total_timesteps):
             print(f"taking {memory} of replay memory ({args.buffer_size:,} transitions)")
-            q_network, _ = train(args, checkpoint=checkpoint)
-            checkpoint = torch.load(os.path.join(folder, "checkpoint.pt"), weights_only=True)  # the end's
-        # A trained run plays its final evaluation once; checkpoints from before "evaluated" were saved after theirs.
-        if not args.eval_checkpoint and (checkpoint.get("evaluated", True) or not args.eval_episodes):
-            print(f"the run in {folder} is done: it reached its {args.total_timesteps:,} steps "
-                  "(a larger --total-timesteps extends it)")
+            q_network = train(args, checkpoint=checkpoint)[0]  # (the replay memory is freed)
+            if not args.eval_episodes:
+                return
+            path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # the end's, to mark evaluated
+        # A finished run plays its final evaluation once; checkpoints from before "evaluated" were saved after theirs.
+        elif not args.eval_checkpoint and (checkpoint.get("evaluated", True) or not args.eval_episodes):
+            print(f"the run in {os.path.join(args.run_dir, args.run_name)} is done: it reached its "
+                  f"{args.total_timesteps:,} steps (a larger --total-timesteps extends it)")
             return
+        folder = os.path.join(args.run_dir, args.run_name)
         # The games that --eval-checkpoint of the run's checkpoint plays: the same scores.
         torch.backends.cudnn.deterministic = args.torch_deterministic  # as train sets it, and the layout too
         q_network.to(device, memory_format=torch.channels_last if args.fast else torch.contiguous_format)
