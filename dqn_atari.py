@@ -7,6 +7,7 @@ acting, TD loss, training loop, evaluation. Then, fenced off, what long runs nee
 import contextlib
 import copy
 import datetime
+import io
 import os
 import signal
 import sys
@@ -378,7 +379,7 @@ class Run:
             "global_step": step, "args": asdict(self.args), "recent_returns": list(self.recent_returns),
             "evaluated": False, "run_id": self.run_id,  # main's final evaluation sets it
         }
-        write_atomically(self.path, lambda file: torch.save(checkpoint, file))
+        save_checkpoint(self.path, checkpoint)
         for stale in (self.memory_path, self.memory_path + ".tmp"):  # saved with an earlier checkpoint, or half
             with contextlib.suppress(FileNotFoundError):
                 os.remove(stale)
@@ -441,6 +442,14 @@ def write_atomically(path, write):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
+
+
+def save_checkpoint(path, checkpoint):
+    """torch.save, atomically. Serialized in memory first: a full disk then raises its OSError, which torch's zip
+    writer would hide behind a RuntimeError of its own."""
+    data = io.BytesIO()
+    torch.save(checkpoint, data)
+    write_atomically(path, lambda file: file.write(data.getbuffer()))
 
 
 def load_checkpoint(path):
@@ -576,12 +585,11 @@ def main():
             with SummaryWriter(folder) as writer:
                 for i, score in enumerate(scores):
                     writer.add_scalar("eval/episodic_return", score, i)
-            write_atomically(os.path.join(folder, "checkpoint.pt"),
-                             lambda file: torch.save({**checkpoint, "evaluated": True}, file))
+            save_checkpoint(os.path.join(folder, "checkpoint.pt"), {**checkpoint, "evaluated": True})
     except KeyboardInterrupt as stop:  # the checkpoint and the logs were saved on the way out
         sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + the signal, as shells say
-    except FloatingPointError as error:
-        print(f"{program}: error: {error}; the checkpoint on disk is the last with finite weights", file=sys.stderr)
+    except (FloatingPointError, OSError) as error:  # a NaN, a full disk: the checkpoint is the one saved before
+        print(f"{program}: error: {error}; any checkpoint on disk is the last good one", file=sys.stderr)
         sys.exit(1)
     except MemoryError:  # most likely as the run starts, where the replay memory takes all of its memory
         print(f"{program}: error: out of memory (--buffer-size {args.buffer_size:,} takes {memory})", file=sys.stderr)

@@ -1500,6 +1500,26 @@ def test_a_nan_loss_stops_the_run_with_exit_1_and_keeps_the_last_finite_checkpoi
     assert saved["global_step"] == 1000 and all(w.isfinite().all() for w in saved["model"].values())
 
 
+def test_a_full_disk_at_a_checkpoint_stops_the_run_with_one_line_and_keeps_the_one_before(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """The kernel's own ENOSPC: after the first checkpoint, the next one's temporary file is /dev/full."""
+    save = dqn_atari.Run.save
+
+    def save_then_fill_the_disk(run, step, stop=None):
+        save(run, step, stop)
+        os.symlink("/dev/full", run.path + ".tmp")
+
+    monkeypatch.setattr(dqn_atari.Run, "save", save_then_fill_the_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(monkeypatch, "--env-id", "PongNoFrameskip-v4", "--total-timesteps", "2500", "--learning-starts",
+                 "2400", "--buffer-size", "5000", "--checkpoint-frequency", "1000", "--run-dir", str(tmp_path),
+                 "--run-name", "full", "--no-cuda")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1 and "No space left on device" in err, err
+    assert torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["global_step"] == 1000
+    assert not os.path.lexists(tmp_path / "full" / "checkpoint.pt.tmp")
+
+
 def test_a_buffer_larger_than_memory_is_refused_at_once(tmp_path):
     """The replay memory takes all of its memory when the run starts, so a buffer that cannot fit ends the run in
     its first seconds, with one line, never hours in as the ring fills."""
