@@ -7,6 +7,7 @@ acting, TD loss, training loop, evaluation. Then, fenced off, what long runs nee
 import contextlib
 import copy
 import datetime
+import errno
 import io
 import os
 import signal
@@ -445,8 +446,8 @@ def write_atomically(path, write):
 
 
 def save_checkpoint(path, checkpoint):
-    """torch.save, atomically. Serialized in memory first: a full disk then raises its OSError, which torch's zip
-    writer would hide behind a RuntimeError of its own."""
+    """torch.save, atomically. Serialized in memory first: torch's zip writer, writing to the file, answers a disk
+    that fills mid-file with a RuntimeError of its own, not the OSError that main reports in one line."""
     data = io.BytesIO()
     torch.save(checkpoint, data)
     write_atomically(path, lambda file: file.write(data.getbuffer()))
@@ -588,7 +589,9 @@ def main():
             save_checkpoint(os.path.join(folder, "checkpoint.pt"), {**checkpoint, "evaluated": True})
     except KeyboardInterrupt as stop:  # the checkpoint and the logs were saved on the way out
         sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + the signal, as shells say
-    except (FloatingPointError, OSError) as error:  # a NaN, a full disk: the checkpoint is the one saved before
+    except (FloatingPointError, OSError) as error:  # a NaN; a full disk (any other OSError is a bug to trace)
+        if isinstance(error, OSError) and error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
         print(f"{program}: error: {error}; any checkpoint on disk is the last good one", file=sys.stderr)
         sys.exit(1)
     except MemoryError:  # most likely as the run starts, where the replay memory takes all of its memory

@@ -1500,9 +1500,11 @@ def test_a_nan_loss_stops_the_run_with_exit_1_and_keeps_the_last_finite_checkpoi
     assert saved["global_step"] == 1000 and all(w.isfinite().all() for w in saved["model"].values())
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
 def test_a_full_disk_at_a_checkpoint_stops_the_run_with_one_line_and_keeps_the_one_before(tmp_path, monkeypatch,
                                                                                             capsys):
-    """The kernel's own ENOSPC: after the first checkpoint, the next one's temporary file is /dev/full."""
+    """The kernel's own ENOSPC: after the first checkpoint, the next one's temporary file is /dev/full. An OSError
+    that is not the disk's (a bug) keeps its traceback."""
     save = dqn_atari.Run.save
 
     def save_then_fill_the_disk(run, step, stop=None):
@@ -1518,6 +1520,10 @@ def test_a_full_disk_at_a_checkpoint_stops_the_run_with_one_line_and_keeps_the_o
     assert exit_info.value.code == 1 and err.count("\n") == 1 and "No space left on device" in err, err
     assert torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["global_step"] == 1000
     assert not os.path.lexists(tmp_path / "full" / "checkpoint.pt.tmp")
+
+    monkeypatch.setattr(dqn_atari, "train", lambda *a, **kw: open(tmp_path / "no" / "such"))  # a bug, not the disk
+    with pytest.raises(FileNotFoundError):  # keeps its traceback
+        run_main(monkeypatch, "--env-id", "PongNoFrameskip-v4", "--run-dir", str(tmp_path), "--no-cuda")
 
 
 def test_a_buffer_larger_than_memory_is_refused_at_once(tmp_path):
