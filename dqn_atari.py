@@ -569,24 +569,23 @@ def main():
             q_network = train(args, checkpoint=checkpoint)[0]  # (the replay memory is freed)
             if not args.eval_episodes:
                 return
-            path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # the end's, to mark evaluated
         # A finished run plays its final evaluation once; checkpoints from before "evaluated" were saved after theirs.
         elif not args.eval_checkpoint and (checkpoint.get("evaluated", True) or not args.eval_episodes):
-            print(f"the run in {os.path.join(args.run_dir, args.run_name)} is done: it reached its "
-                  f"{args.total_timesteps:,} steps (a larger --total-timesteps extends it)")
+            print(f"the run is done at its {args.total_timesteps:,} steps (a larger --total-timesteps extends it)")
             return
-        folder = os.path.join(args.run_dir, args.run_name)
         # The games that --eval-checkpoint of the run's checkpoint plays: the same scores.
         torch.backends.cudnn.deterministic = args.torch_deterministic  # as train sets it, and the layout too
         q_network.to(device, memory_format=torch.channels_last if args.fast else torch.contiguous_format)
         scores = evaluate(q_network, args.env_id, args.eval_episodes, args.eval_epsilon, device,
                           args.seed + args.num_envs)
         if not args.eval_checkpoint:  # the run's own: logged, and the run is done
+            folder = os.path.join(args.run_dir, args.run_name)  # (train names a new run)
+            path = os.path.join(folder, "checkpoint.pt")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # the end's, to mark evaluated
             with SummaryWriter(folder) as writer:
                 for i, score in enumerate(scores):
                     writer.add_scalar("eval/episodic_return", score, i)
-            save_checkpoint(os.path.join(folder, "checkpoint.pt"), {**checkpoint, "evaluated": True})
+            save_checkpoint(path, {**checkpoint, "evaluated": True})
     except KeyboardInterrupt as stop:  # the checkpoint and the logs were saved on the way out
         sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + the signal, as shells say
     except (FloatingPointError, OSError) as error:  # a NaN; a full disk (any other OSError is a bug to trace)
