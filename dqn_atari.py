@@ -569,6 +569,8 @@ def main():
             q_network = train(args, checkpoint=checkpoint)[0]  # (the replay memory is freed)
             if not args.eval_episodes:
                 return
+            path = os.path.join(args.run_dir, args.run_name, "checkpoint.pt")  # (train names a new run)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # the end's, to mark evaluated
         # A finished run plays its final evaluation once; checkpoints from before "evaluated" were saved after theirs.
         elif not args.eval_checkpoint and (checkpoint.get("evaluated", True) or not args.eval_episodes):
             print(f"the run is done at its {args.total_timesteps:,} steps (a larger --total-timesteps extends it)")
@@ -579,13 +581,11 @@ def main():
         scores = evaluate(q_network, args.env_id, args.eval_episodes, args.eval_epsilon, device,
                           args.seed + args.num_envs)
         if not args.eval_checkpoint:  # the run's own: logged, and the run is done
-            folder = os.path.join(args.run_dir, args.run_name)  # (train names a new run)
-            path = os.path.join(folder, "checkpoint.pt")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # the end's, to mark evaluated
+            folder = os.path.join(args.run_dir, args.run_name)
             with SummaryWriter(folder) as writer:
                 for i, score in enumerate(scores):
                     writer.add_scalar("eval/episodic_return", score, i)
-            save_checkpoint(path, {**checkpoint, "evaluated": True})
+            save_checkpoint(os.path.join(folder, "checkpoint.pt"), {**checkpoint, "evaluated": True})
     except KeyboardInterrupt as stop:  # the checkpoint and the logs were saved on the way out
         sys.exit(143 if isinstance(stop, Terminated) else 130)  # 128 + the signal, as shells say
     except (FloatingPointError, OSError) as error:  # a NaN; a full disk (any other OSError is a bug to trace)

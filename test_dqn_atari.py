@@ -1161,12 +1161,17 @@ def test_a_run_stopped_in_its_final_evaluation_evaluates_when_resumed(tmp_path, 
     played = []
     monkeypatch.setattr(dqn_atari, "evaluate", lambda q, env_id, games, *a: played.append(games) or np.zeros(games))
     monkeypatch.setattr(dqn_atari, "train", lambda *a, **kw: pytest.fail("it trains"))  # no memory, no envs
+    copied = tmp_path / "copy" / "final.pt"  # a copy under another name: its folder is the run's
+    copied.parent.mkdir()
+    copied.write_bytes((tmp_path / "job" / "checkpoint.pt").read_bytes())
+    run_main(monkeypatch, "--resume", str(copied), "--no-cuda")
+    assert played == [3] and torch.load(copied.parent / "checkpoint.pt", weights_only=True)["evaluated"]
     run_main(monkeypatch, *argv)  # resumed: nothing left to train, the evaluation to play
-    assert played == [3] and torch.load(tmp_path / "job" / "checkpoint.pt", weights_only=True)["evaluated"]
+    assert played == [3, 3] and torch.load(tmp_path / "job" / "checkpoint.pt", weights_only=True)["evaluated"]
     assert logged_steps(tmp_path / "job")["eval/episodic_return"] == [0, 1, 2]
     capsys.readouterr()
     run_main(monkeypatch, *argv)
-    assert played == [3] and "is done" in capsys.readouterr().out
+    assert played == [3, 3] and "is done" in capsys.readouterr().out
 
 
 def test_eval_checkpoint_plays_the_games_of_its_runs_final_evaluation(tmp_path, monkeypatch, capsys):
