@@ -1604,3 +1604,18 @@ def test_the_shipped_pong_agent_wins_a_game():
             break
     envs.close()
     assert terminated[0] and points[1] == 21 and points[-1] < 21, points
+
+
+# ---------------------------------------------------------------- the README's figures of the file
+def test_the_readme_gives_the_files_line_counts_and_its_number_of_tests():
+    """The README's opening says which lines the algorithm takes, how many the run management takes after its
+    fence, and how many tests there are; each is counted here afresh."""
+    readme = open(os.path.join(os.path.dirname(SCRIPT), "README.md")).read()
+    lines = open(SCRIPT).read().splitlines()
+    fence = next(number for number, line in enumerate(lines, 1) if line.startswith("# ====="))
+    algorithm_ends = max(number for number, line in enumerate(lines[: fence - 1], 1) if line.strip())
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", __file__],
+                               capture_output=True, text=True, timeout=120).stdout.splitlines()[-1]
+    tests = int(collected.split()[0])  # "106 tests collected in 2.9s"
+    assert f"(lines 1-{algorithm_ends})" in readme and f"({len(lines) - fence + 1} lines)" in readme
+    assert f"The tests: {tests} tests" in readme, collected
