@@ -30,6 +30,7 @@ SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dqn_atari.py"
 BENCHMARK = os.path.join(os.path.dirname(SCRIPT), "benchmark.py")
 PLOT = os.path.join(os.path.dirname(SCRIPT), "results", "plot.py")
 RECORD = os.path.join(os.path.dirname(SCRIPT), "results", "record.py")
+ACTIVITY = os.path.join(os.path.dirname(SCRIPT), "results", "activity.py")
 
 
 # ---------------------------------------------------------------- references and a synthetic game
@@ -1604,6 +1605,28 @@ def test_the_shipped_pong_agent_wins_a_game():
             break
     envs.close()
     assert terminated[0] and points[1] == 21 and points[-1] < 21, points
+
+
+# ---------------------------------------------------------------- results/activity.py
+def test_activity_counts_the_filters_that_fire_and_sees_a_dead_network_answer_the_same_everywhere():
+    """Hand-set conv1s on real Pong states: 8 of 32 filters with a positive bias and no weights fire on every state,
+    the rest on none (25%); with none firing, every layer above sees the same input in each state: 0 spread."""
+    activity = script_module(ACTIVITY)
+    states = activity.game_states("PongNoFrameskip-v4", count=64)
+    assert states.shape == (64, 4, 84, 84) and states.dtype == torch.uint8 and len(torch.unique(states)) > 2
+    torch.manual_seed(0)
+    q_network = QNetwork(6)
+    firing, spread = activity.activity(q_network, states)
+    assert len(firing) == 4 and spread > 0  # a fresh network: its Q-values differ from state to state
+    conv1 = q_network.network[0]
+    with torch.no_grad():
+        conv1.weight.zero_()
+        conv1.bias.copy_(torch.where(torch.arange(32) < 8, 1.0, -1.0))
+    assert activity.activity(q_network, states)[0][0] == 0.25
+    with torch.no_grad():
+        conv1.bias.fill_(-1.0)
+    firing, spread = activity.activity(q_network, states)
+    assert firing[0] == 0.0 and spread == 0.0
 
 
 # ---------------------------------------------------------------- the README's figures of the file
