@@ -1641,6 +1641,14 @@ def test_activity_counts_filters_that_fire_somewhere_on_some_state_and_sees_a_de
     assert firing[0] == 0 and spread == 0
 
 
+def test_activity_refuses_bad_input_in_one_line(tmp_path):
+    (tmp_path / "bogus.pt").write_text("not a checkpoint")
+    for argv in [[], [str(tmp_path / "missing.pt")], [str(tmp_path / "bogus.pt")]]:
+        result = subprocess.run([sys.executable, ACTIVITY, *argv], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stdout == "", argv
+        assert result.stderr.startswith("activity.py: error: ") and len(result.stderr.splitlines()) == 1, argv
+
+
 # ---------------------------------------------------------------- the README's figures of the file
 def test_the_readme_gives_the_files_line_counts_and_its_number_of_tests():
     """The README's opening says which lines the algorithm takes, how many the run management takes after its

@@ -50,17 +50,23 @@ def activity(q_network, states):
     return firing, x.std(dim=0).mean().item()
 
 
+def fail(message):
+    """One line on stderr and exit 2, as record.py does (argparse's own errors too)."""
+    print(f"activity.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="checkpoints that dqn_atari.py saved")
+    parser.error = fail
     args = parser.parse_args()
     states = {}
     for path in args.checkpoints:
         try:
             checkpoint, q_network = dqn_atari.load_checkpoint(path)
         except ValueError as error:
-            print(f"activity.py: error: {error}", file=sys.stderr)
-            raise SystemExit(2)
+            fail(error)
         env_id = checkpoint["args"]["env_id"]
         if env_id not in states:
             states[env_id] = game_states(env_id)
