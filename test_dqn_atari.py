@@ -884,6 +884,43 @@ def test_plot_keeps_only_the_last_evaluation_of_an_extended_run(tmp_path):
     assert [score for _, _, score in evaluation] == [18.0, 20.0]
 
 
+def test_plot_puts_the_games_of_a_lost_folder_before_a_resume_from_its_checkpoint(tmp_path):
+    """A machine lost, the run goes on in a new folder from a checkpoint of step 30: --earlier takes the games up
+    to step 30 from the CSV of the lost folder (not the one at step 35, past the checkpoint), and the new
+    folder's hours go on from the last of them. A folder that holds games from before its first resume is refused:
+    they would be there twice."""
+    earlier = tmp_path / "lost.csv"
+    earlier.write_text("kind,step,hours,score\ntrain,10,0.1000,-21.0\ntrain,30,0.3000,-20.0\n"
+                       "train,35,0.3500,-19.0\n")
+    start = time.time()
+    run = tmp_path / "run"
+    writer = SummaryWriter(str(run), purge_step=31)
+    writer.add_scalar("charts/memory_refilled", 1.0, 30, walltime=start)
+    for step, seconds in [(40, 0), (50, 36)]:
+        writer.add_scalar("charts/episodic_return", 5.0, step, walltime=start + seconds)
+    writer.close()
+    out = tmp_path / "curve"
+    plot = subprocess.run([sys.executable, PLOT, str(run), "--out", str(out), "--earlier", str(earlier)],
+                          capture_output=True, text=True)
+    assert plot.returncode == 0, plot.stderr
+    assert plot.stdout.startswith(f"4 training games (2 from {earlier}), 0 evaluation games, 50 steps, 0.31 ")
+    assert "1 resumes (1 refilled)" in plot.stdout
+    with open(str(out) + ".csv") as file:
+        rows = [(row["step"], row["hours"], row["score"]) for row in csv.DictReader(file)]
+    assert rows == [("10", "0.1000", "-21.0"), ("30", "0.3000", "-20.0"), ("40", "0.3000", "5.0"),
+                    ("50", "0.3100", "5.0")]
+
+    whole = tmp_path / "whole"  # from step 0, resumed at step 20
+    for purge_step, step in [(None, 10), (21, 30)]:
+        writer = SummaryWriter(str(whole), purge_step=purge_step, filename_suffix=f".{step}")
+        writer.add_scalar("charts/episodic_return", -21.0, step, walltime=start + step)
+        writer.close()
+    plot = subprocess.run([sys.executable, PLOT, str(whole), "--out", str(out), "--earlier", str(earlier)],
+                          capture_output=True, text=True)
+    assert plot.returncode == 1 and plot.stderr == (
+        "plot.py: error: --earlier needs a run folder that begins with a resume from a checkpoint\n")
+
+
 # ---------------------------------------------------------------- results/record.py
 
 

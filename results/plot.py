@@ -9,6 +9,10 @@ over PAUSE seconds (a pause, a machine asleep) and the gaps between processes do
 stopped process after its last checkpoint is redone by the next one: its time counts, its points are
 replaced, as TensorBoard replaces them (purge_step). The PNG marks each resume with a thin vertical line (red,
 dotted where the resume refilled its replay memory), and --target's score with a dashed one. matplotlib is needed here only.
+
+A run whose machine was lost goes on from a checkpoint kept elsewhere, in a new folder: --earlier takes its games
+before that checkpoint's step from the CSV that this script made of it before the loss (its earlier resumes are
+not in a CSV, so not marked). The hours go on from those of the CSV's last game before the step.
 """
 
 import argparse
@@ -60,6 +64,18 @@ def read_run(run_dir):
     return points[TRAIN], points[EVAL], final_step, hours, resumes
 
 
+def earlier_games(path, train, resumes):
+    """The training games of an earlier CSV of the run up to the step from which its first event file resumes."""
+    if not resumes or (train and train[0][0] <= resumes[0][0]):  # the folder must begin with that resume
+        raise SystemExit("plot.py: error: --earlier needs a run folder that begins with a resume from a checkpoint")
+    with open(path, newline="") as file:
+        rows = [(int(row["step"]), float(row["hours"]), float(row["score"])) for row in csv.DictReader(file)
+                if row["kind"] == "train" and int(row["step"]) <= resumes[0][0]]
+    if not rows:
+        raise SystemExit(f"plot.py: error: {path} holds no training game up to step {resumes[0][0]:,}")
+    return rows
+
+
 def running_mean(scores, window=20):
     """The mean of the last `window` games (fewer at the start): the progress line's "return"."""
     sums = np.cumsum(np.insert(np.asarray(scores, float), 0, 0.0))
@@ -73,8 +89,15 @@ def main():
     parser.add_argument("--out", default="results/curve", help="path of the CSV and PNG, without suffix")
     parser.add_argument("--title", default="", help="the figure's title (default: the folder's name)")
     parser.add_argument("--target", type=float, help="a score to mark with a dashed line, e.g. 18 for Pong")
+    parser.add_argument("--earlier", help="a CSV of this run's games before its event files (a lost machine)")
     args = parser.parse_args()
     train, evaluation, final_step, final_hours, resumes = read_run(args.run_dir)
+    if args.earlier:  # the lost folder's games first, and its hours before all of the new folder's
+        earlier = earlier_games(args.earlier, train, resumes)
+        offset = earlier[-1][1]
+        train = earlier + [(step, hours + offset, score) for step, hours, score in train]
+        resumes = [(step, hours + offset, refilled) for step, hours, refilled in resumes]
+        final_hours += offset
     if not train:
         raise SystemExit(f"plot.py: error: {args.run_dir} holds no finished game yet")
     evaluation = [(final_step, final_hours, score) for _, _, score in evaluation]  # logged at 0, 1, ...
@@ -115,7 +138,8 @@ def main():
     figure.suptitle(args.title or os.path.basename(os.path.normpath(args.run_dir)))
     figure.tight_layout()
     figure.savefig(args.out + ".png", dpi=100)
-    print(f"{len(train)} training games, {len(evaluation)} evaluation games, {final_step:,} steps, "
+    print(f"{len(train)} training games{f' ({len(earlier)} from {args.earlier})' if args.earlier else ''}, "
+          f"{len(evaluation)} evaluation games, {final_step:,} steps, "
           f"{final_hours:.2f} training hours, {len(resumes)} resumes ({sum(r[2] is True for r in resumes)} refilled)"
           f" -> {args.out}.csv, {args.out}.png")
 
