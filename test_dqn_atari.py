@@ -166,6 +166,18 @@ def run_script(*argv, timeout=900):
     return subprocess.run([sys.executable, SCRIPT, *argv], capture_output=True, text=True, timeout=timeout)
 
 
+def refusal(path, argv, monkeypatch, capsys, own_process=False):
+    """A script's exit code, stdout and stderr for argv that it must refuse: in a process of its own, as a user
+    runs it, or (for its other refusals, without starting torch again) by calling its main() here."""
+    if own_process:
+        result = subprocess.run([sys.executable, path, *argv], capture_output=True, text=True, timeout=120)
+        return result.returncode, result.stdout, result.stderr
+    monkeypatch.setattr(sys, "argv", [path, *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        (dqn_atari if path == SCRIPT else script_module(path)).main()
+    return exit_info.value.code, *capsys.readouterr()
+
+
 def events(run_dir):
     """The event files of the one run in run_dir (in a folder of its own, or in run_dir), read as TensorBoard does."""
     paths = glob.glob(os.path.join(run_dir, "**", "events.out.tfevents.*"), recursive=True)
@@ -762,12 +774,12 @@ def test_load_checkpoint_reads_the_actions_from_the_network_without_starting_an_
     assert q_network.network[-1].out_features == 4 and checkpoint["args"]["env_id"] == "BreakoutNoFrameskip-v4"
 
 
-def test_bad_checkpoint_exits_2_with_one_line(tmp_path):
+def test_bad_checkpoint_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
     bogus = tmp_path / "bogus.pt"
     bogus.write_text("not a checkpoint")
-    for path in [str(bogus), str(tmp_path / "missing.pt")]:
-        result = run_script("--eval-checkpoint", path)
-        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    for path, own_process in [(str(bogus), True), (str(tmp_path / "missing.pt"), False)]:
+        code, _, err = refusal(SCRIPT, ["--eval-checkpoint", path], monkeypatch, capsys, own_process)
+        assert code == 2 and err.count("\n") == 1, err
 
 
 # ---------------------------------------------------------------- long runs: stops, checkpoints, resumes, memory
@@ -977,16 +989,16 @@ def test_colour_env_stays_in_lockstep_with_the_agents_env(env_id):
     assert agent != film
 
 
-def test_record_refuses_bad_input_in_one_line(tmp_path):
+def test_record_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "bogus.pt").write_text("not a checkpoint")
     torch.save({"model": QNetwork(6).state_dict(), "args": {"env_id": "PongNoFrameskip-v4"}, "global_step": 0},
                tmp_path / "pong.pt")
-    for argv in [[str(tmp_path / "missing.pt")], [str(tmp_path / "bogus.pt")],
-                 [str(tmp_path / "pong.pt"), "--seconds", "0"], [str(tmp_path / "pong.pt"), "--seconds", "abc"]]:
-        result = subprocess.run([sys.executable, RECORD, *argv, "--out", str(tmp_path / "out.gif")],
-                                capture_output=True, text=True)
-        assert result.returncode == 2 and result.stdout == "", argv
-        assert result.stderr.startswith("record.py: error: ") and len(result.stderr.splitlines()) == 1, argv
+    for i, argv in enumerate([[str(tmp_path / "missing.pt")], [str(tmp_path / "bogus.pt")],
+                              [str(tmp_path / "pong.pt"), "--seconds", "0"],
+                              [str(tmp_path / "pong.pt"), "--seconds", "abc"]]):
+        code, out, err = refusal(RECORD, [*argv, "--out", str(tmp_path / "out.gif")], monkeypatch, capsys, i == 0)
+        assert code == 2 and out == "", argv
+        assert err.startswith("record.py: error: ") and len(err.splitlines()) == 1, argv
     assert not (tmp_path / "out.gif").exists()
 
 
@@ -1614,12 +1626,11 @@ def test_benchmark_prints_its_table_and_writes_json(tmp_path):
     assert row["efficiency_sequential"] == pytest.approx(row["loop_sps"] / row["bound_sequential"])
 
 
-@pytest.mark.parametrize("argv", [["--num-envs", "0"], ["--updates", "0"], ["--loop-steps", "5"], ["--paths", "quick"]],
-                         ids=" ".join)
-def test_benchmark_rejects_bad_arguments_with_exit_2(argv):
-    result = subprocess.run([sys.executable, BENCHMARK, *argv], capture_output=True, text=True, timeout=120)
-    said = (result.stdout + result.stderr).lower()
-    assert result.returncode == 2 and ("error" in said or "invalid" in said) and "loop steps/s" not in said
+def test_benchmark_rejects_bad_arguments_with_exit_2(monkeypatch, capsys):
+    for i, argv in enumerate([["--num-envs", "0"], ["--updates", "0"], ["--loop-steps", "5"], ["--paths", "quick"]]):
+        code, out, err = refusal(BENCHMARK, argv, monkeypatch, capsys, i == 0)
+        said = (out + err).lower()
+        assert code == 2 and ("error" in said or "invalid" in said) and "loop steps/s" not in said, argv
 
 
 # ---------------------------------------------------------------- results/pong.pt
@@ -1678,12 +1689,12 @@ def test_activity_counts_filters_that_fire_somewhere_on_some_state_and_sees_a_de
     assert firing[0] == 0 and spread == 0
 
 
-def test_activity_refuses_bad_input_in_one_line(tmp_path):
+def test_activity_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "bogus.pt").write_text("not a checkpoint")
-    for argv in [[], [str(tmp_path / "missing.pt")], [str(tmp_path / "bogus.pt")]]:
-        result = subprocess.run([sys.executable, ACTIVITY, *argv], capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2 and result.stdout == "", argv
-        assert result.stderr.startswith("activity.py: error: ") and len(result.stderr.splitlines()) == 1, argv
+    for i, argv in enumerate([[], [str(tmp_path / "missing.pt")], [str(tmp_path / "bogus.pt")]]):
+        code, out, err = refusal(ACTIVITY, argv, monkeypatch, capsys, i == 0)
+        assert code == 2 and out == "", argv
+        assert err.startswith("activity.py: error: ") and len(err.splitlines()) == 1, argv
 
 
 # ---------------------------------------------------------------- the README's figures of the file
