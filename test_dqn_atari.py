@@ -174,7 +174,7 @@ def refusal(path, argv, monkeypatch, capsys, own_process=False):
         return result.returncode, result.stdout, result.stderr
     monkeypatch.setattr(sys, "argv", [path, *argv])
     with pytest.raises(SystemExit) as exit_info:
-        (dqn_atari if path == SCRIPT else script_module(path)).main()
+        script_module(path).main()
     return exit_info.value.code, *capsys.readouterr()
 
 
@@ -851,7 +851,7 @@ def plotted(run, out):
 
 
 def script_module(path):
-    """A script of results/ as a module (a script in a folder, not a package)."""
+    """A script as a module of its own (a script in a folder, not a package): each call runs it afresh."""
     spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
